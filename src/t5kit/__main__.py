@@ -1,0 +1,5 @@
+import sys
+
+from t5kit.cli import main
+
+sys.exit(main())

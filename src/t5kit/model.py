@@ -1,0 +1,499 @@
+"""The T5 encoder-decoder, top to bottom in one file.
+
+Faithful to the published checkpoints (see shared/T5_SPEC.md): RMS norm computed in float32, pre-norm
+residual sublayers, relative position buckets instead of absolute positions, no 1/sqrt(d_kv) in the
+attention scores, relu or gated-GELU feed-forward, a tied head that rescales the decoder output by
+d_model^-0.5 and an untied head that does not.
+
+Parameter names are t5kit's own; ``checkpoint.py`` maps them to and from the Hugging Face layout, so
+this file never knows about another library's key names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from t5kit.cache import DecoderCache
+from t5kit.config import T5Config
+
+# ---------------------------------------------------------------------------------------------- positions
+
+
+def relative_position_bucket(
+    relative_position: Tensor, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128
+) -> Tensor:
+    """Map ``key_position - query_position`` to a bucket index (the one definition in t5kit).
+
+    Half the buckets are exact small distances, the rest grow logarithmically up to ``max_distance``;
+    the encoder splits the buckets between the two directions, the decoder only looks back. The float32
+    arithmetic below reproduces the reference's bucket boundaries exactly.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).to(relative_position.dtype) * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    large = max_exact + (
+        torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).to(distance.dtype)
+    large = large.clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned [num_buckets, heads] table turned into an additive attention bias."""
+
+    def __init__(self, config: T5Config, bidirectional: bool):
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.num_buckets = config.relative_attention_num_buckets
+        self.max_distance = config.relative_attention_max_distance
+        self.weight = nn.Parameter(torch.empty(config.relative_attention_num_buckets, config.num_heads))
+
+    def forward(self, query_length: int, key_length: int, query_offset: int = 0) -> Tensor:
+        """Bias of shape [1, heads, query_length, key_length]; queries sit at ``query_offset + i``."""
+        device = self.weight.device
+        query = torch.arange(query_offset, query_offset + query_length, device=device)[:, None]
+        key = torch.arange(key_length, device=device)[None, :]
+        bucket = relative_position_bucket(key - query, self.bidirectional, self.num_buckets, self.max_distance)
+        return F.embedding(bucket, self.weight).permute(2, 0, 1).unsqueeze(0)
+
+    def by_distance(self, max_length: int) -> Tensor:
+        """Causal bias for distances max_length-1 ... 0, shape [heads, max_length].
+
+        For a query at position p over keys 0..p the bias row is ``result[:, -(p + 1):]``: one slice per
+        decoding step instead of a bucket computation.
+        """
+        distance = torch.arange(max_length - 1, -1, -1, device=self.weight.device)
+        bucket = relative_position_bucket(-distance, self.bidirectional, self.num_buckets, self.max_distance)
+        return F.embedding(bucket, self.weight).t().contiguous()
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+class RMSNorm(nn.Module):
+    """T5's "layer norm": scale only, no mean subtraction, no bias; the statistic in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
+class Attention(nn.Module):
+    """Multi-head attention without biases and without the 1/sqrt(d_kv) scale (folded into the init)."""
+
+    def __init__(self, config: T5Config, has_relative_bias: bool = False, bidirectional: bool = True):
+        super().__init__()
+        self.num_heads, self.d_kv = config.num_heads, config.d_kv
+        inner = config.inner_dim
+        self.q = nn.Linear(config.d_model, inner, bias=False)
+        self.k = nn.Linear(config.d_model, inner, bias=False)
+        self.v = nn.Linear(config.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, config.d_model, bias=False)
+        self.dropout = config.dropout_rate
+        self.relative_bias = RelativePositionBias(config, bidirectional) if has_relative_bias else None
+
+    def heads(self, x: Tensor) -> Tensor:
+        """[batch, length, heads * d_kv] -> [batch, heads, length, d_kv]"""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.d_kv).transpose(1, 2)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        dropout = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=1.0)
+        out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.num_heads * self.d_kv)
+        return self.o(out)
+
+    def forward(self, x: Tensor, bias: Tensor, memory: Tensor | None = None) -> Tensor:
+        """Full (uncached) attention of ``x`` over itself, or over ``memory`` for cross-attention."""
+        source = x if memory is None else memory
+        return self.attend(self.heads(self.q(x)), self.heads(self.k(source)), self.heads(self.v(source)), bias)
+
+
+class FeedForward(nn.Module):
+    """relu: wo(relu(wi x)); gated: wo(act(wi_0 x) * wi_1 x). Dropout after the activation."""
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.gated = config.is_gated
+        if self.gated:
+            self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
+            self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        else:
+            self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.act = _ACTIVATION_FUNCTIONS[config.activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
+        h = self.dropout(h)
+        if h.dtype != self.wo.weight.dtype:  # fp16 models keep wo in fp32: its output overflows fp16
+            return _clamp_fp16(self.wo(h.to(self.wo.weight.dtype)), x.dtype)
+        return self.wo(h)
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+_ACTIVATION_FUNCTIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": _gelu_tanh, "silu": F.silu}
+
+
+def _clamp_fp16(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Keep fp16 activations finite, as the reference does (v1.1/mT5 FFN outputs exceed 65504)."""
+    if dtype == torch.float16:
+        limit = torch.finfo(torch.float16).max - 1000
+        x = x.clamp(-limit, limit)
+    return x.to(dtype)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: T5Config, has_relative_bias: bool):
+        super().__init__()
+        self.self_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.self_attn = Attention(config, has_relative_bias, bidirectional=True)
+        self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        x = _clamp_fp16(x + self.dropout(self.self_attn(self.self_attn_norm(x), bias)), x.dtype)
+        return _clamp_fp16(x + self.dropout(self.ffn(self.ffn_norm(x))), x.dtype)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: T5Config, has_relative_bias: bool):
+        super().__init__()
+        self.self_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.self_attn = Attention(config, has_relative_bias, bidirectional=False)
+        self.cross_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.cross_attn = Attention(config)
+        self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: Tensor, self_bias: Tensor, memory: Tensor, cross_bias: Tensor) -> Tensor:
+        x = _clamp_fp16(x + self.dropout(self.self_attn(self.self_attn_norm(x), self_bias)), x.dtype)
+        x = _clamp_fp16(x + self.dropout(self.cross_attn(self.cross_attn_norm(x), cross_bias, memory)), x.dtype)
+        return _clamp_fp16(x + self.dropout(self.ffn(self.ffn_norm(x))), x.dtype)
+
+    def step(self, x: Tensor, cache: DecoderCache, index: int, self_bias: Tensor) -> Tensor:
+        """Cached decoding of new positions ``cache.length ..``: writes their keys/values into the cache."""
+        attn = self.self_attn
+        h = self.self_attn_norm(x)
+        start, new = cache.length, x.shape[1]
+        k_buf, v_buf = cache.self_k[index], cache.self_v[index]
+        k_buf[:, :, start : start + new] = attn.heads(attn.k(h))
+        v_buf[:, :, start : start + new] = attn.heads(attn.v(h))
+        end = start + new
+        out = attn.attend(attn.heads(attn.q(h)), k_buf[:, :, :end], v_buf[:, :, :end], self_bias)
+        x = _clamp_fp16(x + self.dropout(out), x.dtype)
+        cross = self.cross_attn
+        h = self.cross_attn_norm(x)
+        out = cross.attend(cross.heads(cross.q(h)), cache.cross_k[index], cache.cross_v[index], cache.cross_bias)
+        x = _clamp_fp16(x + self.dropout(out), x.dtype)
+        return _clamp_fp16(x + self.dropout(self.ffn(self.ffn_norm(x))), x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class Seq2SeqOutput:
+    logits: Tensor
+    loss: Tensor | None = None
+    encoder_hidden_states: Tensor | None = None
+
+
+def padding_bias(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[batch, length] 1/0 mask -> [batch, 1, 1, length] additive bias (0 where kept, dtype's min where masked)."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def bias_in(bias: Tensor, dtype: torch.dtype) -> Tensor:
+    """An additive bias built in float32, in the activations' dtype (masked entries stay finite in fp16)."""
+    if dtype == torch.float16:
+        bias = bias.clamp(min=torch.finfo(torch.float16).min)
+    return bias.to(dtype)
+
+
+def shift_right(labels: Tensor, decoder_start_token_id: int = 0, pad_token_id: int = 0) -> Tensor:
+    """Decoder inputs from labels: start token in front, last label dropped, -100 replaced by pad."""
+    shifted = labels.new_full(labels.shape, decoder_start_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: T5Config):
+        super().__init__()
+        per_layer = config.per_layer_position_bias
+        self.layers = nn.ModuleList(EncoderLayer(config, per_layer or i == 0) for i in range(config.num_layers))
+        self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+        x = self.dropout(embeddings)
+        length = x.shape[1]
+        mask = padding_bias(attention_mask, torch.float32)
+        bias = None
+        for layer in self.layers:
+            if layer.self_attn.relative_bias is not None:  # first layer (T5) or every layer (UMT5)
+                bias = bias_in(layer.self_attn.relative_bias(length, length) + mask, x.dtype)
+            x = layer(x, bias)
+        return self.dropout(self.final_norm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: T5Config):
+        super().__init__()
+        per_layer = config.per_layer_position_bias
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, per_layer or i == 0) for i in range(config.num_decoder_layers)
+        )
+        self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(
+        self, embeddings: Tensor, memory: Tensor, memory_mask: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        x = self.dropout(embeddings)
+        length = x.shape[1]
+        causal = torch.full((length, length), torch.finfo(torch.float32).min, device=x.device).triu(1)
+        mask = causal[None, None]
+        if attention_mask is not None:
+            mask = mask + padding_bias(attention_mask, torch.float32)
+        cross_bias = bias_in(padding_bias(memory_mask, torch.float32), x.dtype)
+        bias = None
+        for layer in self.layers:
+            if layer.self_attn.relative_bias is not None:
+                bias = bias_in(layer.self_attn.relative_bias(length, length) + mask, x.dtype)
+            x = layer(x, bias, memory, cross_bias)
+        return self.dropout(self.final_norm(x))
+
+    def step(self, embeddings: Tensor, cache: DecoderCache) -> Tensor:
+        """Decode new positions with the cache (advances ``cache.length``)."""
+        x = self.dropout(embeddings)
+        start, new = cache.length, x.shape[1]
+        end = start + new
+        if end > cache.max_length:
+            raise ValueError(f"decoder cache holds {cache.max_length} positions; step would reach {end}")
+        if new > 1:  # several positions at once: causal mask among them
+            causal = torch.full((new, end), torch.finfo(torch.float32).min, device=x.device).triu(start + 1)
+        bias = None
+        per_layer = len(cache.self_bias_by_distance) > 1
+        for i, layer in enumerate(self.layers):
+            if i == 0 or per_layer:
+                if new == 1:
+                    bias = cache.self_bias_by_distance[i if per_layer else 0][None, :, None, -end:]
+                else:
+                    bias = bias_in(layer.self_attn.relative_bias(new, end, query_offset=start) + causal, x.dtype)
+            x = layer.step(x, cache, i, bias)
+        cache.length = end
+        return self.dropout(self.final_norm(x))
+
+
+class T5Model(nn.Module):
+    """T5 encoder-decoder with a language-model head.
+
+    ``forward`` is the teacher-forced pass used in training; ``encode`` gives the encoder's hidden states
+    (useful as text embeddings); ``new_cache`` + ``decode_step`` are the incremental path that generation
+    builds on.
+    """
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.config = config
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.shared.weight
+        self.reset_parameters()
+
+    # --------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> T5Model:
+        return cls(T5Config.from_preset(name, **overrides))
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str, dtype: torch.dtype | str | None = None, **kwargs) -> T5Model:
+        """Load a Hugging Face layout checkpoint (directory or hub repo id); see ``t5kit.checkpoint``."""
+        from t5kit.checkpoint import load_model
+
+        return load_model(path_or_repo_id, dtype=dtype, **kwargs)
+
+    def save_pretrained(self, directory: str, max_shard_size: int | str | None = None) -> None:
+        """Write config.json and model.safetensors (sharded above ``max_shard_size``) atomically."""
+        from t5kit.checkpoint import save_model
+
+        save_model(self, directory, max_shard_size=max_shard_size)
+
+    @property
+    def tied(self) -> bool:
+        return self.lm_head.weight is self.shared.weight
+
+    def untie(self) -> None:
+        """Give the head its own copy of the embedding matrix."""
+        if self.tied:
+            self.lm_head.weight = nn.Parameter(self.shared.weight.detach().clone())
+            self.config.tie_word_embeddings = False
+            if self.config.scale_decoder_outputs is None:
+                self.config.scale_decoder_outputs = True
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The paper's initialisation (Mesh TensorFlow's), scaled by ``initializer_factor``."""
+        c = self.config
+        f = c.initializer_factor
+        nn.init.normal_(self.shared.weight, std=f * 1.0)
+        if not self.tied:
+            nn.init.normal_(self.lm_head.weight, std=f * 1.0)
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.weight.fill_(f * 1.0)
+            elif isinstance(module, Attention):
+                nn.init.normal_(module.q.weight, std=f * (c.d_model * c.d_kv) ** -0.5)
+                nn.init.normal_(module.k.weight, std=f * c.d_model**-0.5)
+                nn.init.normal_(module.v.weight, std=f * c.d_model**-0.5)
+                nn.init.normal_(module.o.weight, std=f * c.inner_dim**-0.5)
+                if module.relative_bias is not None:
+                    nn.init.normal_(module.relative_bias.weight, std=f * c.d_model**-0.5)
+            elif isinstance(module, FeedForward):
+                for name in ("wi", "wi_0", "wi_1"):
+                    if hasattr(module, name):
+                        nn.init.normal_(getattr(module, name).weight, std=f * c.d_model**-0.5)
+                nn.init.normal_(module.wo.weight, std=f * c.d_ff**-0.5)
+
+    def set_dtype(self, dtype: torch.dtype) -> T5Model:
+        """Cast to ``dtype``; in float16 the feed-forward output projections stay float32 (overflow)."""
+        self.to(dtype)
+        if dtype == torch.float16:
+            for module in self.modules():
+                if isinstance(module, FeedForward):
+                    module.wo.float()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.shared.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.shared.weight.device
+
+    def num_parameters(self, unique: bool = True) -> int:
+        params = self.parameters() if unique else (p for _, p in self.named_parameters(remove_duplicate=False))
+        return sum(p.numel() for p in params)
+
+    # --------------------------------------------------------------------------------- passes
+    def _check_ids(self, ids: Tensor, name: str) -> None:
+        if ids.dim() != 2:
+            raise ValueError(f"{name} must have shape [batch, length], got {tuple(ids.shape)}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"{name} holds ids outside [0, {self.config.vocab_size}): min {int(ids.min())}, max {int(ids.max())}; "
+                "was the text encoded with this model's tokenizer?"
+            )
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Encoder hidden states [batch, length, d_model] (after the final norm)."""
+        self._check_ids(input_ids, "input_ids")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.encoder(self.shared(input_ids), attention_mask)
+
+    def lm_logits(self, decoder_hidden: Tensor) -> Tensor:
+        if self.config.rescale_decoder_output:
+            decoder_hidden = decoder_hidden * (self.config.d_model**-0.5)
+        return self.lm_head(decoder_hidden.to(self.lm_head.weight.dtype))
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        decoder_input_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+    ) -> Seq2SeqOutput:
+        """Teacher-forced pass. With ``labels`` and no decoder inputs, the labels are shifted right.
+
+        Returns logits [batch, target_length, vocab] and, with labels, the token-mean cross entropy
+        (label -100 ignored), computed in float32.
+        """
+        if encoder_hidden_states is None:
+            if input_ids is None:
+                raise ValueError("forward needs input_ids (or encoder_hidden_states)")
+            encoder_hidden_states = self.encode(input_ids, attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.long,
+                                        device=encoder_hidden_states.device)
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("forward needs decoder_input_ids or labels")
+            decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
+        self._check_ids(decoder_input_ids, "decoder_input_ids")
+        hidden = self.decoder(self.shared(decoder_input_ids), encoder_hidden_states, attention_mask,
+                              decoder_attention_mask)
+        logits = self.lm_logits(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return Seq2SeqOutput(logits=logits, loss=loss, encoder_hidden_states=encoder_hidden_states)
+
+    # --------------------------------------------------------------------------------- incremental decoding
+    def new_cache(
+        self, encoder_hidden_states: Tensor, attention_mask: Tensor | None = None, max_length: int = 512
+    ) -> DecoderCache:
+        """A cache for decoding up to ``max_length`` decoder positions against these encoder states.
+
+        Cross-attention keys/values are computed here, once.
+        """
+        batch, source_length, _ = encoder_hidden_states.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, source_length, dtype=torch.long, device=encoder_hidden_states.device)
+        c = self.config
+        dtype = self.dtype
+        shape = (batch, c.num_heads, max_length, c.d_kv)
+        layers = self.decoder.layers
+        cross_k, cross_v = [], []
+        for layer in layers:
+            cross = layer.cross_attn
+            cross_k.append(cross.heads(cross.k(encoder_hidden_states)))
+            cross_v.append(cross.heads(cross.v(encoder_hidden_states)))
+        tables = [layer.self_attn.relative_bias for layer in layers if layer.self_attn.relative_bias is not None]
+        return DecoderCache(
+            self_k=[torch.empty(shape, dtype=dtype, device=self.device) for _ in layers],
+            self_v=[torch.empty(shape, dtype=dtype, device=self.device) for _ in layers],
+            cross_k=cross_k,
+            cross_v=cross_v,
+            cross_bias=bias_in(padding_bias(attention_mask, torch.float32), dtype),
+            self_bias_by_distance=[t.by_distance(max_length).to(dtype) for t in tables],
+        )
+
+    def decode_step(self, decoder_input_ids: Tensor, cache: DecoderCache) -> Tensor:
+        """Logits [batch, new, vocab] for the new decoder positions; the cache grows by ``new``."""
+        hidden = self.decoder.step(self.shared(decoder_input_ids), cache)
+        return self.lm_logits(hidden)
