@@ -20,7 +20,8 @@ def set_threads(threads: int) -> None:
 
 
 def machine_line(threads: int) -> str:
-    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, "
             f"{threads} threads")
 
 

@@ -49,8 +49,8 @@ def main() -> None:
         with torch.inference_mode():
             ref = hf(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
             got = ours(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
-            t_hf = time_it(lambda: hf(input_ids=ids, attention_mask=mask, labels=labels), repeat=args.repeat)
-            t_ours = time_it(lambda: ours(input_ids=ids, attention_mask=mask, labels=labels), repeat=args.repeat)
+            t_hf = time_it(lambda m=hf: m(input_ids=ids, attention_mask=mask, labels=labels), repeat=args.repeat)
+            t_ours = time_it(lambda m=ours: m(input_ids=ids, attention_mask=mask, labels=labels), repeat=args.repeat)
         results[dtype_name] = (t_hf, t_ours)
         print(f"{dtype_name}: transformers {t_hf * 1000:8.1f} ms   t5kit {t_ours * 1000:8.1f} ms   "
               f"speed-up {t_hf / t_ours:5.2f}x   (loss {ref:.5f} vs {got:.5f})")

@@ -7,10 +7,10 @@ same weights are rounded (bf16 has 8 bits of mantissa).
 
 from __future__ import annotations
 
-import torch
 import pytest
-
+import torch
 from hf_models import FAMILIES, build_hf_model, padded_batch
+
 from t5kit import T5Config, T5Model
 from t5kit.model import relative_position_bucket, shift_right
 

@@ -37,13 +37,17 @@ ALIAS_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 _HF_TO_T5KIT = [
     (r"^(encoder|decoder)\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.weight$",
      r"\1.layers.\2.self_attn.relative_bias.weight"),
-    (r"^(encoder|decoder)\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.weight$", r"\1.layers.\2.self_attn.\3.weight"),
+    (r"^(encoder|decoder)\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.weight$",
+     r"\1.layers.\2.self_attn.\3.weight"),
     (r"^(encoder|decoder)\.block\.(\d+)\.layer\.0\.layer_norm\.weight$", r"\1.layers.\2.self_attn_norm.weight"),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight$", r"encoder.layers.\1.ffn.\2.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight$",
+     r"encoder.layers.\1.ffn.\2.weight"),
     (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight$", r"encoder.layers.\1.ffn_norm.weight"),
-    (r"^decoder\.block\.(\d+)\.layer\.1\.EncDecAttention\.([qkvo])\.weight$", r"decoder.layers.\1.cross_attn.\2.weight"),
+    (r"^decoder\.block\.(\d+)\.layer\.1\.EncDecAttention\.([qkvo])\.weight$",
+     r"decoder.layers.\1.cross_attn.\2.weight"),
     (r"^decoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight$", r"decoder.layers.\1.cross_attn_norm.weight"),
-    (r"^decoder\.block\.(\d+)\.layer\.2\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight$", r"decoder.layers.\1.ffn.\2.weight"),
+    (r"^decoder\.block\.(\d+)\.layer\.2\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight$",
+     r"decoder.layers.\1.ffn.\2.weight"),
     (r"^decoder\.block\.(\d+)\.layer\.2\.layer_norm\.weight$", r"decoder.layers.\1.ffn_norm.weight"),
     (r"^(encoder|decoder)\.final_layer_norm\.weight$", r"\1.final_norm.weight"),
     (r"^(shared|lm_head)\.weight$", r"\1.weight"),
@@ -51,7 +55,8 @@ _HF_TO_T5KIT = [
 _T5KIT_TO_HF = [
     (r"^(encoder|decoder)\.layers\.(\d+)\.self_attn\.relative_bias\.weight$",
      r"\1.block.\2.layer.0.SelfAttention.relative_attention_bias.weight"),
-    (r"^(encoder|decoder)\.layers\.(\d+)\.self_attn\.([qkvo])\.weight$", r"\1.block.\2.layer.0.SelfAttention.\3.weight"),
+    (r"^(encoder|decoder)\.layers\.(\d+)\.self_attn\.([qkvo])\.weight$",
+     r"\1.block.\2.layer.0.SelfAttention.\3.weight"),
     (r"^(encoder|decoder)\.layers\.(\d+)\.self_attn_norm\.weight$", r"\1.block.\2.layer.0.layer_norm.weight"),
     (r"^encoder\.layers\.(\d+)\.ffn\.(wi|wi_0|wi_1|wo)\.weight$", r"encoder.block.\1.layer.1.DenseReluDense.\2.weight"),
     (r"^encoder\.layers\.(\d+)\.ffn_norm\.weight$", r"encoder.block.\1.layer.1.layer_norm.weight"),
@@ -208,9 +213,8 @@ def convert_hf_state_dict(hf_state: dict[str, torch.Tensor], config: T5Config) -
             f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all); is this a T5 checkpoint?"
         )
     head = state.get("lm_head.weight")
-    tied = head is None or (
-        "shared.weight" in state and head.shape == state["shared.weight"].shape and torch.equal(head, state["shared.weight"])
-    )
+    shared = state.get("shared.weight")
+    tied = head is None or (shared is not None and head.shape == shared.shape and torch.equal(head, shared))
     if tied:
         state.pop("lm_head.weight", None)
     return state, tied
@@ -363,3 +367,86 @@ def save_model(model, directory: str | os.PathLike, max_shard_size: int | str | 
         if path.exists():
             path.unlink()
     return directory
+
+
+# ---------------------------------------------------------------------------------------------- inspection, conversion
+
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "generation_config.json", "MODEL_CARD.md", "README.md")
+
+
+def model_family(config: T5Config) -> str:
+    """A human name for the variant a config describes."""
+    if config.model_type == "umt5":
+        return "UMT5"
+    if config.model_type == "mt5":
+        return "mT5"
+    if config.vocab_size == 384:
+        return "ByT5"
+    if config.is_gated and not config.tie_word_embeddings:
+        return "T5 v1.1 / Flan-T5"
+    if not config.is_gated and config.tie_word_embeddings:
+        return "T5 (v1.0)"
+    return "T5 (custom)"
+
+
+def checkpoint_info(path_or_repo_id: str | os.PathLike) -> dict[str, Any]:
+    """What a checkpoint holds, read from config.json and the safetensors headers (no weights loaded)."""
+    from t5kit.config import PRESETS
+
+    directory = resolve_checkpoint_dir(path_or_repo_id)
+    config = T5Config.from_json_file(directory)
+    dtypes: dict[str, int] = {}
+    parameters = 0
+    weight_files = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
+    for name in weight_files:
+        if not name.endswith(".safetensors"):
+            continue
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(directory / name), framework="pt") as f:
+                for key in f.keys():
+                    sl = f.get_slice(key)
+                    numel = 1
+                    for d in sl.get_shape():
+                        numel *= d
+                    parameters += numel
+                    dtype = sl.get_dtype()
+                    dtypes[dtype] = dtypes.get(dtype, 0) + numel
+        except Exception as err:  # noqa: BLE001 - any header problem means the same to the user
+            raise CheckpointError(f"{directory / name} is not a readable safetensors file ({err})") from err
+    preset = next((name for name, values in PRESETS.items()
+                   if all(getattr(config, k) == v for k, v in values.items() if k != "dropout_rate")), None)
+    return {
+        "path": str(directory),
+        "family": model_family(config),
+        "matches_preset": preset,
+        "d_model": config.d_model, "d_ff": config.d_ff, "d_kv": config.d_kv, "num_heads": config.num_heads,
+        "encoder_layers": config.num_layers, "decoder_layers": config.num_decoder_layers,
+        "feed_forward_proj": config.feed_forward_proj, "vocab_size": config.vocab_size,
+        "tied_head": config.tie_word_embeddings, "rescaled_decoder_output": config.rescale_decoder_output,
+        "parameters_stored": parameters, "dtypes": dtypes,
+        "files": {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()},
+        "tokenizer": next((f for f in ("spiece.model", "tokenizer.json") if (directory / f).exists()), None),
+    }
+
+
+def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
+                       dtype: torch.dtype | str | None = "auto", max_shard_size: int | str | None = None) -> Path:
+    """Re-save a checkpoint (any readable layout, e.g. legacy .bin) as safetensors, optionally cast and sharded.
+
+    Tokenizer and generation files are copied along, so the result is a complete model directory.
+    """
+    import shutil
+
+    source_dir = resolve_checkpoint_dir(source)
+    destination = Path(destination)
+    if destination.resolve() == source_dir.resolve():
+        raise CheckpointError("convert writes a new directory; give a destination other than the source")
+    model = load_model(source_dir, dtype=dtype)
+    save_model(model, destination, max_shard_size=max_shard_size)
+    for name in TOKENIZER_FILES:
+        if (source_dir / name).exists():
+            shutil.copyfile(source_dir / name, destination / name)
+    return destination

@@ -236,7 +236,8 @@ class T5Config:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             key = sorted(unknown)[0]
-            raise ConfigError(f"unknown config key {key!r}.{closest_names(key, [f.name for f in dataclasses.fields(self)])}")
+            names = [f.name for f in dataclasses.fields(self)]
+            raise ConfigError(f"unknown config key {key!r}.{closest_names(key, names)}")
         return dataclasses.replace(self, **changes)
 
     @classmethod

@@ -1,0 +1,60 @@
+"""`t5kit info` and `t5kit convert` through the real command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from t5kit import T5Config, T5Model
+from t5kit.checkpoint import hf_state_dict
+
+
+def t5kit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "t5kit", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = T5Model(T5Config.from_preset("tiny", vocab_size=120)).eval()
+    path = tmp_path_factory.mktemp("ckpt")
+    model.save_pretrained(path)
+    return model, path
+
+
+def test_info_reports_variant_shapes_and_files(checkpoint):
+    model, path = checkpoint
+    out = t5kit("info", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "T5 v1.1 / Flan-T5" in out.stdout and "d_model 64" in out.stdout and "model.safetensors" in out.stdout
+    data = json.loads(t5kit("info", str(path), "--json").stdout)
+    assert data["parameters_stored"] == model.num_parameters()
+    assert data["dtypes"] == {"F32": model.num_parameters()}
+
+
+def test_convert_legacy_bin_to_sharded_bf16(checkpoint, tmp_path):
+    model, path = checkpoint
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text((path / "config.json").read_text())
+    torch.save(hf_state_dict(model), legacy / "pytorch_model.bin")
+    out = t5kit("convert", str(legacy), str(tmp_path / "new"), "--dtype", "bf16", "--max-shard-size", "50KB")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "new" / "model.safetensors.index.json").exists()
+    converted = T5Model.from_pretrained(tmp_path / "new", dtype="auto")
+    assert converted.dtype == torch.bfloat16
+    assert torch.equal(converted.shared.weight, model.shared.weight.to(torch.bfloat16))
+
+
+def test_errors_are_one_readable_line_with_the_right_exit_code(tmp_path):
+    out = t5kit("info", str(tmp_path / "missing" / "model"))
+    assert out.returncode == 1
+    assert out.stderr.strip().count("\n") == 0 and "no checkpoint directory" in out.stderr
+    out = t5kit("info", "--no-such-flag", str(tmp_path))
+    assert out.returncode == 2 and "unrecognized arguments" in out.stderr
+    out = t5kit("--debug", "info", str(tmp_path / "missing" / "model"))
+    assert out.returncode == 1 and "Traceback" in out.stderr
