@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from t5kit.data import ListSource, SpanCorruptionStream, span_corrupt, span_corrupt_batch, span_corruption_lengths
+from t5kit.data import (
+    ListSource,
+    SpanCorruptionStream,
+    span_corrupt,
+    span_corrupt_batch,
+    span_corruption_lengths,
+)
 
 VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
 
@@ -86,8 +93,11 @@ def main() -> None:
     ap.add_argument("--model-rate", type=float, default=None,
                     help="examples/s the model trains at (default: measured t5-small-shaped model, 1 thread)")
     ap.add_argument("--model-batch", type=int, default=2)
+    ap.add_argument("--gpu-tflops", type=float, default=400.0,
+                    help="effective training TFLOP/s for the analytic accelerator estimate (H200 bf16 at ~40%%)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="enable_nested_tensor")
     raw, targets = span_corruption_lengths(args.inputs_length)
     rng = np.random.default_rng(0)
     chunk = rng.integers(3, 32000, raw)
@@ -123,7 +133,12 @@ def main() -> None:
         consume = args.model_rate
         source = "given by --model-rate"
     print(f"model consumption:                   {consume:10.2f} examples/s ({source})")
+    # Analytic accelerator estimate: training costs about 6 FLOPs per parameter per token (attention ignored).
+    flops = 6 * 60_506_624 * (args.inputs_length + targets)
+    gpu = args.gpu_tflops * 1e12 / flops
     feed = pipeline if pipeline is not None else single
+    print(f"accelerator estimate (t5-small, {args.gpu_tflops:.0f} TFLOP/s effective): {gpu:8.0f} examples/s; "
+          f"one pipeline core / accelerator: {feed / gpu:.2f}x")
     print(f"ratio pipeline/model: {feed / consume:,.0f}x  (corruption alone: {single / consume:,.0f}x)")
 
 

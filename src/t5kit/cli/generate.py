@@ -1,0 +1,213 @@
+"""``t5kit generate`` and ``t5kit eval``: text in, text out, from the shell and from files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from t5kit.errors import DataError, T5kitError
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=None,
+                   help="checkpoint directory or Hugging Face repo id (default: the built-in model)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="inference precision: fp32, bf16, or int8 weights (default fp32)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="stop after this many new tokens")
+    g.add_argument("--min-new-tokens", type=int, default=None, help="forbid EOS before this many new tokens")
+    g.add_argument("--num-beams", type=int, default=None, help="beam search with this many beams (1 = greedy)")
+    g.add_argument("--length-penalty", type=float, default=None, help="beam length penalty exponent")
+    g.add_argument("--length-penalty-style", choices=["hf", "gnmt"], default=None,
+                   help="hf: score / len^alpha; gnmt: score / ((5 + len) / 6)^alpha (the T5 paper's)")
+    g.add_argument("--early-stopping", action="store_true", default=None, help="stop beams at num_beams finished")
+    g.add_argument("--num-return-sequences", type=int, default=None, help="outputs per input")
+    g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+
+
+DECODING_KEYS = ("max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "length_penalty_style",
+                 "early_stopping", "num_return_sequences", "do_sample", "temperature", "top_k", "top_p",
+                 "no_repeat_ngram_size", "repetition_penalty")
+
+
+def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the options the user gave: the task's and the library's defaults fill in the rest."""
+    options = {k: getattr(args, k) for k in DECODING_KEYS if getattr(args, k, None) is not None}
+    if getattr(args, "seed", None) is not None:
+        import torch
+
+        options["generator"] = torch.Generator().manual_seed(args.seed)
+    return options
+
+
+def load_generator(args: argparse.Namespace):
+    """The model named by --model (or the built-in one) wrapped in a text-level Generator."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from t5kit.generate import Generator
+
+    if args.model is None:
+        try:
+            from t5kit.builtin import load_builtin
+        except ImportError:
+            raise T5kitError("no built-in model is installed in this copy of t5kit; pass --model DIR") from None
+        return load_builtin(precision=args.precision)
+    return Generator.from_pretrained(args.model, precision=args.precision)
+
+
+def read_inputs(args: argparse.Namespace) -> list[str]:
+    """Texts from arguments, from --input (txt: one per line; jsonl: the --field of each line) or stdin."""
+    if args.texts and args.input:
+        raise DataError("give input texts as arguments or with --input, not both")
+    if args.texts:
+        return list(args.texts)
+    if args.input:
+        path = Path(args.input)
+        if not path.exists():
+            raise DataError(f"input file {path} does not exist")
+        lines = path.read_text(encoding="utf-8", errors="strict").splitlines()
+        name = str(path)
+    else:
+        if sys.stdin.isatty():
+            raise DataError("no input: give texts as arguments, --input FILE, or pipe lines into stdin")
+        lines = sys.stdin.read().splitlines()
+        name = "<stdin>"
+    jsonl = args.input is not None and path.suffix.lower() in (".jsonl", ".json")
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if jsonl:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{name}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or args.field not in record:
+                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise DataError(f"{name}:{number}: no field {args.field!r} (has {keys}); choose one with --field")
+            value = record[args.field]
+            if not isinstance(value, str):
+                raise DataError(f"{name}:{number}: field {args.field!r} is {type(value).__name__}, not text")
+            texts.append(value)
+        else:
+            texts.append(line)
+    if not texts:
+        raise DataError(f"{name} holds no inputs")
+    return texts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    texts = read_inputs(args)
+    generator = load_generator(args)
+    options = decoding_options(args)
+    if len(texts) == 1 and not args.output and (args.stream or sys.stdout.isatty()):
+        for piece in generator.stream(texts[0], task=args.task, **options):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    results = generator.generate(texts, task=args.task, batch_size=args.batch_size, **options)
+    per_input = len(results) // len(texts)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    jsonl = args.output is not None and args.output.endswith(".jsonl")
+    try:
+        for i, result in enumerate(results):
+            if jsonl:
+                out.write(json.dumps({"input": texts[i // per_input], "output": result.text,
+                                      "stop_reason": result.stop_reason, "output_tokens": result.output_tokens},
+                                     ensure_ascii=False) + "\n")
+            else:
+                out.write(result.text.replace("\n", " ") + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    stopped = sum(r.stop_reason == "length" for r in results)
+    if stopped:
+        print(f"t5kit generate: {stopped} of {len(results)} outputs stopped at the length limit, not at EOS "
+              "(raise --max-new-tokens)", file=sys.stderr)
+    return 0
+
+
+def resolve_task(name: str, tasks_file: str | None):
+    from t5kit.data import get_task, load_tasks
+
+    if tasks_file:
+        load_tasks(tasks_file)
+    elif name.endswith((".yaml", ".yml", ".json")) and Path(name).exists():
+        loaded = load_tasks(name)
+        tasks = loaded.get("tasks", loaded)
+        if len(tasks) != 1:
+            raise DataError(f"{name} declares {len(tasks)} tasks; name one with --task NAME --tasks {name}")
+        return next(iter(tasks.values())) if isinstance(tasks, dict) else tasks[0]
+    return get_task(name)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from t5kit.evaluate import evaluate
+
+    task = resolve_task(args.task, args.tasks)
+    generator = load_generator(args)
+    metrics = args.metrics.split(",") if args.metrics else None
+    result = evaluate(generator, task, args.split, metrics=metrics, max_examples=args.max_examples,
+                      batch_size=args.batch_size, skip_bad=args.skip_bad, **decoding_options(args))
+    out_dir = Path(args.output_dir or f"eval-{task.name}-{args.split}")
+    predictions, metrics_path = result.save(out_dir)
+    for name, value in result.metrics.items():
+        print(f"{name:12s} {value:8.2f}")
+    print(f"{len(result.predictions)} examples in {result.seconds:.1f} s; wrote {predictions} and {metrics_path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate", help="generate outputs for texts, a file or stdin",
+        description="Generate an output for each input text. Outputs come in the order of the inputs.",
+        epilog="examples:\n"
+               "  t5kit generate 'translate English to German: The house is wonderful.'\n"
+               "  t5kit generate --model my-model --input inputs.jsonl --field text --output out.jsonl\n"
+               "  cat lines.txt | t5kit generate --num-beams 4 > outputs.txt",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("texts", nargs="*", help="input texts (or use --input / stdin)")
+    p.add_argument("--input", "-i", help="a .txt file (one input per line) or .jsonl file (see --field)")
+    p.add_argument("--field", default="inputs", help="the jsonl field holding the input text (default: inputs)")
+    p.add_argument("--output", "-o", help="write outputs here (.jsonl: with stop reasons; else one per line)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--task", default=None,
+                   help="apply a task's prefix and decoding defaults (the model's task_specific_params)")
+    p.add_argument("--stream", action="store_true", help="stream a single output token by token")
+    add_model_arguments(p)
+    add_decoding_arguments(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = subparsers.add_parser(
+        "eval", help="evaluate a model on a task's split with the task's metrics",
+        description="Generate for every example of a task's split and report its metrics (BLEU/chrF via "
+                    "sacrebleu, ROUGE via rouge-score, SQuAD EM/F1, accuracy). Writes predictions.jsonl "
+                    "and metrics.json.",
+        epilog="example:\n  t5kit eval --model my-model --task en_fr --tasks tasks.yaml --split test",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", "-t", required=True, help="a registered task name, or a YAML/JSON file with one task")
+    p.add_argument("--tasks", default=None, help="a YAML/JSON file declaring tasks (then --task names one)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--metrics", default=None, help="comma-separated metric names (default: the task's)")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--skip-bad", action="store_true", help="skip records with a missing or empty field")
+    p.add_argument("--output-dir", "-o", default=None, help="where to write predictions and metrics")
+    add_model_arguments(p)
+    add_decoding_arguments(p)
+    p.set_defaults(func=cmd_eval)
