@@ -248,7 +248,7 @@ def qa_task(
     answer_field: str = "answer", **kw: Any,
 ) -> Task:
     """Extractive QA: ``"question: {question} context: {context}"`` -> answer; EM and F1."""
-    kw.setdefault("metrics", ["exact_match", "f1"])
+    kw.setdefault("metrics", ["squad_em", "squad_f1"])
     pre = [_first_answer(answer_field), *kw.pop("preprocessors", [])]
     return Task(name, source, inputs="question: {" + question_field + "} context: {" + context_field + "}",
                 targets="{" + answer_field + "}", preprocessors=pre, kind="qa", **kw)
@@ -258,7 +258,7 @@ def closed_book_qa_task(
     name: str, source: Any, question_field: str = "question", answer_field: str = "answer", **kw: Any
 ) -> Task:
     """Closed-book QA: ``"question: {question}"`` -> answer, with no context."""
-    kw.setdefault("metrics", ["exact_match", "f1"])
+    kw.setdefault("metrics", ["squad_em", "squad_f1"])
     pre = [_first_answer(answer_field), *kw.pop("preprocessors", [])]
     return Task(name, source, inputs="question: {" + question_field + "}", targets="{" + answer_field + "}",
                 preprocessors=pre, kind="closed_book_qa", **kw)
@@ -304,7 +304,7 @@ def classification_task(
 def definition_task(name: str, source: Any, word_field: str = "word", definition_field: str = "definition",
                     **kw: Any) -> Task:
     """``"define: {word}"`` -> gloss (the WordNet importer's records)."""
-    kw.setdefault("metrics", ["rougeL"])
+    kw.setdefault("metrics", ["exact_match", "rougeL"])
     return Task(name, source, inputs="define: {" + word_field + "}", targets="{" + definition_field + "}",
                 kind="definition", **kw)
 

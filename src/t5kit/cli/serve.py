@@ -1,0 +1,128 @@
+"""``t5kit serve``: the HTTP API, dynamic batching and the playground, on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+example:
+  t5kit serve --model path/to/checkpoint --port 8000
+  curl -s localhost:8000/v1/generate -H 'content-type: application/json' \\
+       -d '{"inputs": "The house is wonderful.", "task": "translate_en_de"}'
+
+Open http://127.0.0.1:8000/ for the playground, /docs for the API reference, /metrics for
+Prometheus. Requests arriving within --batch-wait-ms of each other are decoded together, up to
+--max-batch-size rows; --no-batching decodes one input at a time (for comparison).
+"""
+
+
+def _default_model() -> str | None:
+    """The built-in model's directory when ``t5kit.builtin`` is installed, else None."""
+    try:
+        import t5kit.builtin as builtin  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    for name in ("model_path", "model_dir", "path"):
+        value = getattr(builtin, name, None)
+        if callable(value):
+            value = value()
+        if value:
+            return str(value)
+    for name in ("MODEL_DIR", "DIRECTORY", "PATH"):
+        if getattr(builtin, name, None):
+            return str(getattr(builtin, name))
+    return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from t5kit.serve import Engine, Limits, create_app
+    except ImportError as err:
+        print(
+            f"t5kit serve: error: {err.name} is missing; install the serve extra: pip install 't5kit[serve]'",
+            file=sys.stderr,
+        )
+        return 1
+    import torch
+
+    from t5kit.errors import T5kitError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = args.model or _default_model()
+    if model is None:
+        raise T5kitError(
+            "no model given and no built-in model installed; pass --model DIR (a checkpoint "
+            "directory with config.json, weights and spiece.model) or a hub id"
+        )
+    limits = Limits(
+        max_input_tokens=args.max_input_tokens,
+        max_new_tokens=args.max_new_tokens,
+        default_max_new_tokens=min(args.default_max_new_tokens, args.max_new_tokens),
+        max_inputs_per_request=args.max_inputs_per_request,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.request_timeout,
+    )
+    for name, value in vars(limits).items():
+        if value <= 0:
+            raise T5kitError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    engine = Engine.load(model, dtype=args.dtype, name=args.name)
+    max_batch = 1 if args.no_batching else args.max_batch_size
+    app = create_app(engine, limits, max_batch_size=max_batch, batch_wait_ms=args.batch_wait_ms)
+    batching = "off" if max_batch == 1 else f"up to {max_batch} rows, {args.batch_wait_ms:g} ms window"
+    print(
+        f"t5kit serve: {engine.name} ({engine.model.num_parameters() / 1e6:.1f}M parameters), batching "
+        f"{batching}; playground http://{args.host}:{args.port}/",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(limits.request_timeout_s) + 5,
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP (API, batching, playground)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", help="checkpoint directory or hub id (default: the built-in model, if installed)"
+    )
+    p.add_argument("--name", help="model name reported by the API (default: the directory name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: as saved)"
+    )
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    g = p.add_argument_group("batching")
+    g.add_argument(
+        "--max-batch-size", type=int, default=32, help="rows decoded together at most (default 32)"
+    )
+    g.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the oldest waiting request waits for company (default 5)",
+    )
+    g.add_argument("--no-batching", action="store_true", help="decode one input at a time (max batch size 1)")
+    g = p.add_argument_group("limits (violations are answered 4xx with the limit's name and value)")
+    g.add_argument("--max-input-tokens", type=int, default=512, help="per input, with prefix and EOS (512)")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="the most a request may ask for (256)")
+    g.add_argument("--default-max-new-tokens", type=int, default=64, help="when a request does not say (64)")
+    g.add_argument("--max-inputs-per-request", type=int, default=32, help="texts in one request (32)")
+    g.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size (1000000)")
+    g.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request (60)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_serve)

@@ -1,0 +1,212 @@
+"""The model side of the server: text <-> ids, task prefixes, decoding settings, and one batch at a time.
+
+Kept apart from the HTTP app and the batcher so that those know nothing about torch, and so that the
+decoding itself stays in ``t5kit.generate`` (this module only adapts it to the batcher's row events).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t5kit.errors import T5kitError, closest_names
+
+# Task presets: the prefixes T5 was trained with (and that t5kit.data's task kinds write).
+TASK_PREFIXES: dict[str, str] = {
+    "translate_en_de": "translate English to German: ",
+    "translate_en_fr": "translate English to French: ",
+    "translate_en_ro": "translate English to Romanian: ",
+    "summarize": "summarize: ",
+    "question": "question: ",
+    "define": "define: ",
+}
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """Decoding options that must be equal for two rows to share a batch (hashable, so a group key).
+
+    ``max_new_tokens`` is not here: it is per row, so short and long requests still batch together.
+    """
+
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+    min_new_tokens: int = 0
+    seed: int | None = None
+    group: int | None = None  # set to a request's serial to keep it out of shared batches (seeded sampling)
+    length_group: int = 0  # max_new_tokens class: a batch runs to its longest row, so keep lengths alike
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def generate_options(self) -> dict[str, Any]:
+        """The ``t5kit.generate`` keyword arguments (those that are not batching bookkeeping)."""
+        options = self.as_dict()
+        for key in ("seed", "group", "length_group"):
+            options.pop(key)
+        if self.num_beams == 1:
+            options.pop("length_penalty")
+        return options
+
+
+class Engine:
+    """A loaded model and tokenizer, decoding batches for :class:`t5kit.serve.batching.Batcher`.
+
+    ``run_batch`` must only be called from one thread at a time (the batcher's worker); the lock makes
+    a mistake there an ordinary wait instead of two torch calls racing on the same weights.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "t5kit", source: str | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        self.tasks = dict(TASK_PREFIXES)
+        specific = (getattr(model.config, "extra", None) or {}).get("task_specific_params") or {}
+        for task, params in specific.items():  # e.g. "translation_en_to_de" from a published config.json
+            if isinstance(params, dict) and isinstance(params.get("prefix"), str):
+                self.tasks.setdefault(task, params["prefix"])
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str, dtype: str | None = None, name: str | None = None) -> Engine:
+        """Model and tokenizer from one checkpoint directory (or hub id)."""
+        from t5kit.model import T5Model
+        from t5kit.tokenizer import load_tokenizer
+
+        model = T5Model.from_pretrained(path, dtype=dtype)
+        tokenizer = load_tokenizer(path)
+        return cls(model, tokenizer, name=name or Path(str(path)).name or str(path), source=str(path))
+
+    # --------------------------------------------------------------------------------- text
+    def prefix(self, task: str | None) -> str:
+        if task is None:
+            return ""
+        if task not in self.tasks:
+            raise T5kitError(
+                f"unknown task {task!r}; known tasks: {sorted(self.tasks)}.{closest_names(task, self.tasks)}"
+            )
+        return self.tasks[task]
+
+    def encode(self, texts: Sequence[str], task: str | None = None) -> list[list[int]]:
+        """Token ids of each input (task prefix prepended, EOS appended)."""
+        prefix = self.prefix(task)
+        return self.tokenizer.batch_encode([prefix + t for t in texts])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, for ``GET /v1/models``."""
+        c = self.model.config
+        return {
+            "id": self.name,
+            "object": "model",
+            "source": self.source,
+            "parameters": self.model.num_parameters(),
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "device": str(self.model.device),
+            "config": {
+                k: getattr(c, k)
+                for k in (
+                    "d_model",
+                    "d_ff",
+                    "num_layers",
+                    "num_decoder_layers",
+                    "num_heads",
+                    "vocab_size",
+                    "feed_forward_proj",
+                )
+            },
+            "tasks": dict(self.tasks),
+        }
+
+    # --------------------------------------------------------------------------------- decoding
+    def run_batch(
+        self,
+        rows: Sequence[list[int]],
+        max_new_tokens: Sequence[int],
+        settings: Hashable,
+        is_cancelled: Callable[[int], bool],
+    ) -> Iterator[tuple[int, int | None, str | None]]:
+        """Decode ``rows`` together (see ``BatchEngine.run_batch``) with ``t5kit.generate``.
+
+        Greedy and sampled rows stream from ``generate.stream``: each row's tokens as they come and its
+        end the moment it reaches EOS or its own ``max_new_tokens`` (the batch runs to the longest limit;
+        a row past its limit is answered and its further tokens ignored, which for greedy decoding is
+        exactly the output it would get alone). Beam search cannot commit early, so its rows come from
+        ``generate.generate`` at the end. The EOS token itself is not reported as an output token.
+        A cancelled row (timed out, client gone) still costs compute until its batch ends, unless every row
+        of the batch is cancelled: ``generate.stream`` cannot drop single rows from outside.
+        """
+        from t5kit.generate import generate, stream
+
+        assert isinstance(settings, DecodingSettings)
+        input_ids, mask = self._pad(rows)
+        limits = list(max_new_tokens)
+        options = settings.generate_options()
+        generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
+        eos = self.model.config.eos_token_id
+        with self._lock:
+            if settings.num_beams > 1:
+                out = generate(
+                    self.model,
+                    input_ids,
+                    mask,
+                    max_new_tokens=max(limits),
+                    generator=generator,
+                    warn_on_length_limit=False,
+                    **options,
+                )
+                for row, (seq, reason) in enumerate(zip(out.sequences.tolist(), out.stop_reasons)):
+                    n = out.num_new_tokens[row] if out.num_new_tokens else len(seq) - 1
+                    new = [t for t in seq[1 : n + 1] if t != eos]
+                    if len(new) > limits[row]:
+                        new, reason = new[: limits[row]], "length"
+                    for t in new:
+                        yield row, t, None
+                    yield row, None, reason
+                return
+            produced = [0] * len(rows)
+            ended = [False] * len(rows)
+            for event in stream(
+                self.model, input_ids, mask, max_new_tokens=max(limits), generator=generator, **options
+            ):
+                row = event.row
+                if ended[row]:
+                    continue
+                if is_cancelled(row):  # nobody waits for it; stop the batch once that holds for all rows
+                    ended[row] = True
+                    if all(ended):
+                        return
+                    continue
+                if event.token_id is None:
+                    ended[row] = True
+                    yield row, None, event.stop_reason
+                elif event.token_id != eos:
+                    produced[row] += 1
+                    yield row, event.token_id, None
+                    if produced[row] >= limits[row]:
+                        ended[row] = True
+                        yield row, None, "length"
+
+    def _pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        device = self.model.device
+        return ids.to(device), mask.to(device)

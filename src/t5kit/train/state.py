@@ -1,0 +1,274 @@
+"""Training checkpoints that are either complete or absent, and resume from the newest complete one.
+
+A checkpoint is a directory ``step-00001000/`` holding:
+
+- ``config.json`` + ``model.safetensors``: the weights in the Hugging Face layout, so
+  ``T5Model.from_pretrained(".../step-00001000")`` (or ``transformers``) loads it as is;
+- ``optimizer.pt``: the optimiser state (``torch.save``; loaded with ``weights_only=True``);
+- ``rng.pt``: every rank's torch RNG state (dropout masks continue exactly);
+- ``trainer_state.json``: step, every rank's data position and Python/NumPy RNG states, the running
+  data-order hash, the best metric so far, and the run's config.
+
+Why a temporary directory and one rename: a run can be killed at any instant (SIGKILL, pre-emption, a
+full disk). Everything is written into ``.tmp-step-...`` and then moved into place with ``os.replace``,
+which is atomic on POSIX; a reader therefore sees the old set of checkpoints or the new one, never a
+half-written directory. ``.tmp-*`` leftovers of a killed run are removed at the next start, and a
+write that fails (ENOSPC, EACCES) removes its temporary directory before raising.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from t5kit.errors import CheckpointError
+
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.pt"
+RNG_NAME = "rng.pt"
+BEST_NAME = "best"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+REQUIRED_FILES = ("config.json", STATE_NAME, OPTIMIZER_NAME, RNG_NAME)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+# ---------------------------------------------------------------------------------------------- RNG states
+
+
+def capture_rng() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(JSON-able Python + NumPy states, torch states) of this process."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    np_state = {
+        **np_state,
+        "state": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])},
+    }
+    torch_state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        torch_state["cuda"] = torch.cuda.get_rng_state()
+    return {"python": [version, list(internal), gauss], "numpy": np_state}, torch_state
+
+
+def restore_rng(json_state: dict[str, Any], torch_state: dict[str, Any]) -> None:
+    version, internal, gauss = json_state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = dict(json_state["numpy"])
+    np_state["state"] = {
+        "key": np.asarray(np_state["state"]["key"], dtype=np.uint32),
+        "pos": np_state["state"]["pos"],
+    }
+    np.random.set_state(np_state)
+    torch.set_rng_state(torch_state["cpu"])
+    if "cuda" in torch_state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch_state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- directories
+
+
+def check_writable(out: str | os.PathLike) -> Path:
+    """Create the run directory and prove a file can be written there, before any training time is spent."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise CheckpointError(_write_error(out, err)) from err
+    return out
+
+
+def _write_error(where: Path, err: OSError) -> str:
+    if err.errno == errno.ENOSPC:
+        advice = "the disk is full: free space or choose another output directory with --out"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = (
+            "the directory is not writable: fix its permissions or choose another output directory with --out"
+        )
+    else:
+        advice = "choose a writable output directory with --out"
+    return f"cannot write to {where}: {err.strerror or err} ({advice})"
+
+
+def is_complete(path: Path) -> bool:
+    """A directory with every checkpoint file, weights included, and a readable trainer_state.json."""
+    if not path.is_dir() or not all((path / name).is_file() for name in REQUIRED_FILES):
+        return False
+    if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
+        return False
+    try:
+        json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def list_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete ``step-N`` checkpoints of a run, oldest first."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    found = []
+    for child in out.iterdir():
+        m = _STEP_DIR.match(child.name)
+        if m and is_complete(child):
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(out: str | os.PathLike) -> Path:
+    """The newest complete checkpoint, or a clear error when the directory holds none."""
+    out = Path(out)
+    found = list_checkpoints(out)
+    if not found:
+        partial = (
+            sorted(p.name for p in out.glob("*") if p.name.startswith((".tmp-", "step-")))
+            if out.is_dir()
+            else []
+        )
+        detail = f" (only incomplete: {', '.join(partial)})" if partial else ""
+        where = "does not exist" if not out.is_dir() else f"holds no complete checkpoint{detail}"
+        raise CheckpointError(
+            f"cannot resume: {out} {where}; run without --resume to start a new run, "
+            f"or point --out at the run to continue"
+        )
+    return found[-1][1]
+
+
+def remove_partial(out: str | os.PathLike) -> list[str]:
+    """Delete ``.tmp-*`` / ``.old-*`` directories a killed run left behind; returns their names."""
+    out = Path(out)
+    removed = []
+    if out.is_dir():
+        for child in out.iterdir():
+            if child.name.startswith((".tmp-", ".old-")) and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child.name)
+    return removed
+
+
+def prune(out: str | os.PathLike, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` step checkpoints (``best`` is separate and always kept)."""
+    for _, path in list_checkpoints(out)[:-keep_last]:
+        trash = path.with_name(f".old-{path.name}")
+        os.replace(path, trash)  # renamed first: a half-deleted directory never looks like a checkpoint
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    torch.save(obj, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    out: str | os.PathLike,
+    name: str,
+    model: torch.nn.Module,
+    optimizer_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    torch_rng: list[dict[str, Any]],
+) -> Path:
+    """Write a complete checkpoint ``out/name`` atomically (temporary directory, then one rename).
+
+    ``model`` is the plain T5Model (full weights); ``optimizer_state`` its optimiser's state dict.
+    On any write error the temporary directory is removed and a CheckpointError says why.
+    """
+    from t5kit.checkpoint import save_model
+
+    out = Path(out)
+    final = out / name
+    tmp = out / f".tmp-{name}-{os.getpid()}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_model(model, tmp)
+        _save_torch(optimizer_state, tmp / OPTIMIZER_NAME)
+        _save_torch(torch_rng, tmp / RNG_NAME)
+        text = json.dumps(trainer_state, indent=1, sort_keys=True)
+        (tmp / STATE_NAME).write_text(text + "\n", encoding="utf-8")
+        for child in tmp.iterdir():
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # "best" is replaced: move the old one aside, then the new one in
+            old = out / f".old-{name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(out)
+    except (OSError, CheckpointError, RuntimeError, TypeError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = (
+            err.__cause__ if isinstance(err, CheckpointError) and isinstance(err.__cause__, OSError) else err
+        )
+        if isinstance(cause, OSError):
+            raise CheckpointError(
+                f"checkpoint {final} was not written, {_write_error(out, cause)}; "
+                "no partial checkpoint was left"
+            ) from err
+        if isinstance(err, TypeError):
+            raise CheckpointError(
+                f"checkpoint {final} was not written: state is not serialisable: {err}"
+            ) from err
+        raise CheckpointError(
+            f"checkpoint {final} was not written: {err}; no partial checkpoint was left"
+        ) from err
+    return final
+
+
+def load_weights(model: torch.nn.Module, directory: Path) -> None:
+    """Copy a checkpoint's weights into an existing model (keeping its parameter objects)."""
+    from t5kit.checkpoint import convert_hf_state_dict, read_state_dict
+
+    state, tied = convert_hf_state_dict(read_state_dict(directory), model.config)
+    if tied:
+        state["lm_head.weight"] = state["shared.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and tied)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {directory} does not fit the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; resume with the config the run was started with"
+        )
+
+
+def load_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """(trainer_state, optimizer_state, torch RNG states per rank) of a checkpoint directory."""
+    try:
+        trainer_state = json.loads((directory / STATE_NAME).read_text(encoding="utf-8"))
+        optimizer_state = torch.load(directory / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
+        torch_rng = torch.load(directory / RNG_NAME, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read checkpoint {directory}: {err}") from err
+    return trainer_state, optimizer_state, torch_rng

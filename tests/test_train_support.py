@@ -1,0 +1,163 @@
+"""Helpers shared by the training tests (small task files written in code), and the config tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from t5kit.errors import ConfigError
+from t5kit.train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+T5_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+NOMBRES = ["zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf"]
+
+
+def require_vocab() -> Path:
+    if not (T5_VOCAB / "spiece.model").exists():
+        pytest.skip(f"the real T5 vocabulary is not at {T5_VOCAB}")
+    return T5_VOCAB
+
+
+def write_number_task(directory: Path, n_train: int = 96, n_val: int = 8) -> Path:
+    """A tiny en->fr task (digit strings spelt out) with train/validation splits; returns tasks.yaml."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def record(i: int) -> dict:
+        digits = [int(d) for d in str(i)]
+        return {"en": " ".join(NUMBERS[d] for d in digits), "fr": " ".join(NOMBRES[d] for d in digits)}
+
+    for split, rng in (("train", range(100, 100 + n_train)), ("validation", range(10, 10 + n_val))):
+        with open(directory / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for i in rng:
+                f.write(json.dumps(record(i), ensure_ascii=False) + "\n")
+    tasks = {
+        "tasks": [
+            {
+                "name": "numbers",
+                "kind": "translation",
+                "source_lang": "en",
+                "target_lang": "fr",
+                "source": {"train": "train.jsonl", "validation": "validation.jsonl"},
+            }
+        ]
+    }
+    path = directory / "tasks.yaml"
+    path.write_text(yaml.safe_dump(tasks), encoding="utf-8")
+    return path
+
+
+def small_config(tasks_file: Path, out: Path, **sections: dict) -> dict:
+    """A config dict for a very small, fast, deterministic run (1 thread, no progress bar)."""
+    cfg = {
+        "model": {"preset": "tiny", "overrides": {"d_model": 32, "d_ff": 64, "num_heads": 2, "d_kv": 16}},
+        "data": {
+            "tokenizer": str(require_vocab()),
+            "tasks_file": str(tasks_file),
+            "train": "numbers",
+            "shuffle_buffer": 16,
+            "max_inputs_length": 32,
+            "max_targets_length": 32,
+        },
+        "optim": {"name": "adamw", "lr": 3e-3},
+        "schedule": {"name": "linear", "warmup_steps": 2},
+        "train": {"steps": 10, "batch_size": 8, "grad_accum": 2, "threads": 1, "seed": 3},
+        "eval": {"every": 0, "max_examples": 8, "generate": False, "max_new_tokens": 8},
+        "checkpoint": {"every": 5, "keep_last": 2},
+        "log": {"every": 1, "progress": False, "tensorboard": False, "plot": False},
+        "out": str(out),
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+PYTHON = sys.executable
+
+
+def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------- config tests
+
+
+def test_config_yaml_and_overrides(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "c.yaml", {"optim": {"name": "adafactor", "lr": 0.01}, "train": {"steps": 5}}
+    )
+    cfg = TrainConfig.load(
+        path, ["optim.lr=1e-3", "train.precision=bf16", "schedule.name=cosine", "model.overrides.d_model=32"]
+    )
+    assert cfg.optim.lr == 1e-3 and cfg.optim.name == "adafactor" and cfg.train.steps == 5
+    assert cfg.train.precision == "bf16" and cfg.schedule.name == "cosine"
+    assert cfg.model.overrides == {"d_model": 32}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"optim": {"weight_decai": 1}},
+            "unknown key 'optim.weight_decai'. Did you mean 'optim.weight_decay'",
+        ),
+        ({"optim": {"lr_rate": 1}}, "Did you mean 'optim.lr'"),
+        ({"optimizer": {}}, "unknown key 'optimizer'. Did you mean 'optim'"),
+        ({"train": {"batch_sise": 4}}, "Did you mean 'train.batch_size'"),
+        ({"optim": {"lr": 0}}, "optim.lr must be > 0"),
+        ({"optim": {"lr": -1e-3}}, "optim.lr must be > 0"),
+        ({"train": {"batch_size": 0}}, "train.batch_size must be > 0"),
+        ({"train": {"batch_size": -8}}, "train.batch_size must be > 0"),
+        ({"train": {"steps": "many"}}, "train.steps must be an integer"),
+        ({"optim": {"name": "adam"}}, "Did you mean 'adamw'"),
+        ({"schedule": {"name": "cosin"}}, "Did you mean 'cosine'"),
+        ({"train": {"batch_size": 10, "grad_accum": 4}}, "divisible"),
+    ],
+)
+def test_config_rejects_bad_values(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        TrainConfig.from_dict(data, "run.yaml")
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys) -> None:
+    from t5kit.cli import main
+
+    path = write_config(tmp_path / "c.yaml", {"optim": {"lr": 1e-3}})
+    assert main(["train", str(path), "--set", "optim.lr=0"]) == 1
+    err = capsys.readouterr().err
+    assert "optim.lr must be > 0" in err and "Traceback" not in err
+    assert main(["train", str(path), "--set", "train.batchsize=4"]) == 1
+    assert "Did you mean 'train.batch_size'" in capsys.readouterr().err
