@@ -116,8 +116,14 @@ class Attention(nn.Module):
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.d_kv).transpose(1, 2)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=1.0)
+        if q.shape[2] == 1 and q.shape[0] <= 4 and not self.training:
+            # One query per row (a decoding step, small batch): two small matmuls beat the fused kernel's
+            # fixed cost on CPU; the softmax is in float32 as in the fused path.
+            scores = torch.matmul(q, k.transpose(-1, -2)) + bias
+            out = torch.matmul(scores.float().softmax(-1).to(v.dtype), v)
+        else:
+            dropout = self.dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=1.0)
         out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.num_heads * self.d_kv)
         return self.o(out)
 
@@ -145,9 +151,18 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
         h = self.dropout(h)
-        if h.dtype != self.wo.weight.dtype:  # fp16 models keep wo in fp32: its output overflows fp16
-            return _clamp_fp16(self.wo(h.to(self.wo.weight.dtype)), x.dtype)
+        wo_dtype = _weight_dtype(self.wo, h.dtype)
+        if h.dtype != wo_dtype:  # fp16 models keep wo in fp32: its output overflows fp16
+            return _clamp_fp16(self.wo(h.to(wo_dtype)), x.dtype)
         return self.wo(h)
+
+
+def _weight_dtype(linear: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype a linear layer takes; int8 dynamically quantized layers (t5kit.quantize) take float32."""
+    weight = getattr(linear, "weight", None)
+    if isinstance(weight, Tensor):
+        return weight.dtype
+    return torch.float32 if weight is not None else default
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
@@ -427,7 +442,7 @@ class T5Model(nn.Module):
     def lm_logits(self, decoder_hidden: Tensor) -> Tensor:
         if self.config.rescale_decoder_output:
             decoder_hidden = decoder_hidden * (self.config.d_model**-0.5)
-        return self.lm_head(decoder_hidden.to(self.lm_head.weight.dtype))
+        return self.lm_head(decoder_hidden.to(_weight_dtype(self.lm_head, decoder_hidden.dtype)))
 
     def forward(
         self,
@@ -497,3 +512,12 @@ class T5Model(nn.Module):
         """Logits [batch, new, vocab] for the new decoder positions; the cache grows by ``new``."""
         hidden = self.decoder.step(self.shared(decoder_input_ids), cache)
         return self.lm_logits(hidden)
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options):
+        """Greedy, sampled or beam-search generation: see :func:`t5kit.generate.generate` for the options.
+
+        Imported lazily: the layering is config -> model -> generate, and the model never needs it.
+        """
+        from t5kit.generate import generate
+
+        return generate(self, input_ids, attention_mask, **options)

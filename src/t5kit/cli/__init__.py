@@ -19,8 +19,12 @@ from t5kit.errors import T5kitError
 # Order is the order shown in --help.
 COMMAND_MODULES = [
     "t5kit.cli.demo",
+    "t5kit.cli.generate",
+    "t5kit.cli.model",
     "t5kit.cli.data",
     "t5kit.cli.tokenizer",
+    "t5kit.cli.serve",
+    "t5kit.cli.train",
 ]
 
 

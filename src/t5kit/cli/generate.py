@@ -111,7 +111,17 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def _quiet_length_warnings() -> None:
+    """The commands report outputs cut at the length limit themselves, once, instead of a Python warning."""
+    import warnings
+
+    from t5kit.generate import LengthLimitWarning
+
+    warnings.filterwarnings("ignore", category=LengthLimitWarning)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    _quiet_length_warnings()
     texts = read_inputs(args)
     generator = load_generator(args)
     options = decoding_options(args)
@@ -159,6 +169,7 @@ def resolve_task(name: str, tasks_file: str | None):
 def cmd_eval(args: argparse.Namespace) -> int:
     from t5kit.evaluate import evaluate
 
+    _quiet_length_warnings()
     task = resolve_task(args.task, args.tasks)
     generator = load_generator(args)
     metrics = args.metrics.split(",") if args.metrics else None
@@ -166,6 +177,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, skip_bad=args.skip_bad, **decoding_options(args))
     out_dir = Path(args.output_dir or f"eval-{task.name}-{args.split}")
     predictions, metrics_path = result.save(out_dir)
+    stopped = sum(p["stop_reason"] == "length" for p in result.predictions)
+    if stopped:
+        print(f"t5kit eval: {stopped} of {len(result.predictions)} outputs stopped at the length limit",
+              file=sys.stderr)
     for name, value in result.metrics.items():
         print(f"{name:12s} {value:8.2f}")
     print(f"{len(result.predictions)} examples in {result.seconds:.1f} s; wrote {predictions} and {metrics_path}")

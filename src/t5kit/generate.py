@@ -1,0 +1,731 @@
+"""Decoding: greedy, sampled and beam search, streaming, and a text-level ``Generator``.
+
+Everything here drives the model's incremental interface (``encode`` once, ``new_cache`` once,
+``decode_step`` one token at a time) and never re-runs the decoder over the prefix. The outputs are laid
+out as `transformers` lays them out (decoder start token first, pad after EOS) and are token-identical
+to its ``generate`` for the options both have: the logits processors run in the same order with the same
+arithmetic, and beam search repeats its bookkeeping operation for operation (including the -1e9 masking
+and the early-stopping heuristic), because a reimplementation "in the same spirit" breaks ties differently.
+
+Cost model: greedy and sampled rows that reach EOS leave the compute batch at once (``cache.select``);
+beam-search items that can no longer change leave it too, and a beam reorder copies only the filled part
+of the self-attention cache.
+
+Two length penalties are offered: ``length_penalty_style="hf"`` divides the summed log-probability by
+``length ** length_penalty`` (`transformers`), ``"gnmt"`` by ``((5 + length) / 6) ** length_penalty``
+(Wu et al. 2016, the T5 paper's beam search with alpha 0.6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from t5kit.errors import T5kitError, closest_names
+
+DEFAULT_MAX_NEW_TOKENS = 256  # generous on purpose: a silent cut at 20 tokens is a classic complaint
+
+
+class GenerationError(T5kitError, ValueError):
+    """A decoding option or input that generation cannot accept."""
+
+
+class LengthLimitWarning(UserWarning):
+    """Some output stopped at ``max_new_tokens`` rather than at EOS (it may be truncated)."""
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+@dataclass
+class GenerationConfig:
+    """Every decoding option, validated on construction (``GenerationError`` names the bad option).
+
+    Token ids (``eos_token_id`` ...) default to the model's config when left ``None``.
+    """
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    min_new_tokens: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    length_penalty_style: str = "hf"  # "hf": / len**lp ; "gnmt": / ((5 + len) / 6)**lp
+    early_stopping: bool | str = False  # True, False or "never" (as transformers)
+    num_return_sequences: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    suppress_tokens: Sequence[int] = ()
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        def integer(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise GenerationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        integer("max_new_tokens", 1)
+        integer("min_new_tokens", 0)
+        integer("num_beams", 1)
+        integer("num_return_sequences", 1)
+        integer("no_repeat_ngram_size", 0)
+        if self.top_k is not None:
+            integer("top_k", 1)
+        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        temperature = self.temperature
+        if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+            raise GenerationError(f"temperature must be a positive number, got {self.temperature!r} "
+                                  "(for deterministic output use do_sample=False)")
+        if not (isinstance(self.repetition_penalty, (int, float)) and self.repetition_penalty > 0):
+            raise GenerationError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if not isinstance(self.length_penalty, (int, float)) or not math.isfinite(self.length_penalty):
+            raise GenerationError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
+        if self.length_penalty_style not in ("hf", "gnmt"):
+            raise GenerationError(f"length_penalty_style must be 'hf' (len**lp) or 'gnmt' (((5+len)/6)**lp), "
+                                  f"got {self.length_penalty_style!r}")
+        if self.early_stopping not in (True, False, "never"):
+            raise GenerationError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if self.num_return_sequences > self.num_beams and not self.do_sample:
+            raise GenerationError(
+                f"num_return_sequences ({self.num_return_sequences}) > num_beams ({self.num_beams}): without "
+                "sampling there are only num_beams distinct outputs; raise num_beams or set do_sample=True")
+        self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
+
+    @classmethod
+    def from_options(cls, base: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
+        """``base`` with ``options`` replaced; an unknown option name is an error with a suggestion."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in options:
+            if key not in names:
+                raise GenerationError(f"unknown generation option {key!r}.{closest_names(key, names)}")
+        if base is None:
+            return cls(**options)
+        return dataclasses.replace(base, **options)
+
+    def resolved(self, model_config: Any) -> GenerationConfig:
+        """Fill the token ids left ``None`` from the model's config."""
+        return dataclasses.replace(
+            self,
+            eos_token_id=self.eos_token_id if self.eos_token_id is not None else model_config.eos_token_id,
+            pad_token_id=self.pad_token_id if self.pad_token_id is not None else model_config.pad_token_id,
+            decoder_start_token_id=(self.decoder_start_token_id if self.decoder_start_token_id is not None
+                                    else model_config.decoder_start_token_id),
+        )
+
+    def penalty(self, length: int) -> float:
+        """The divisor applied to a summed log-probability of ``length`` generated tokens."""
+        if self.length_penalty_style == "gnmt":
+            return ((5.0 + length) / 6.0) ** self.length_penalty
+        return float(length) ** self.length_penalty
+
+
+@dataclass
+class GenerationOutput:
+    """``sequences`` [n, 1 + longest]: decoder start, generated ids, pad after EOS (transformers' layout).
+
+    Rows are ordered input by input, ``num_return_sequences`` consecutive rows per input (best beam first).
+    ``scores`` [n] (only with ``return_scores``): the summed log-probability of the generated tokens under
+    the processed distribution they were chosen from; for beam search, divided by the length penalty (as
+    transformers' ``sequences_scores``). ``stop_reasons``: "eos" or "length" per row.
+    """
+
+    sequences: Tensor
+    stop_reasons: list[str]
+    scores: Tensor | None = None
+    num_new_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def hit_length_limit(self) -> bool:
+        return any(r == "length" for r in self.stop_reasons)
+
+
+class StreamEvent(NamedTuple):
+    """One streaming event: a new token of ``row`` (``token_id``), or its end (``token_id`` None, ``stop_reason``)."""
+
+    row: int
+    token_id: int | None
+    stop_reason: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- logits processors
+
+
+def _ban_repeated_ngrams(scores: Tensor, history: Tensor, n: int) -> Tensor:
+    """Forbid any token that would complete an n-gram already present in ``history`` (as transformers)."""
+    length = history.shape[1]
+    if length < n:
+        return scores
+    prefix = history[:, length + 1 - n:]
+    windows = history.unfold(1, n, 1)
+    matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)
+    vocab = scores.shape[-1]
+    banned = scores.new_zeros((scores.shape[0], vocab + 1), dtype=torch.bool)
+    banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(max=vocab), vocab), True)
+    return scores.masked_fill(banned[:, :vocab], -math.inf)
+
+
+class _Processors:
+    """The logits processors of a configuration, applied in transformers' order.
+
+    ``history`` holds the decoder ids so far, decoder start included (the repetition penalty and the
+    n-gram ban see it, as they do in transformers).
+    """
+
+    def __init__(self, cfg: GenerationConfig, vocab: int):
+        self.cfg = cfg
+        self.suppress = torch.tensor(sorted({t for t in cfg.suppress_tokens if 0 <= t < vocab}), dtype=torch.long)
+        self.active = (cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0 or cfg.min_new_tokens > 0
+                       or self.suppress.numel() > 0)
+        self.warp = cfg.do_sample and (cfg.temperature != 1.0 or cfg.top_k is not None
+                                       or (cfg.top_p is not None and cfg.top_p < 1.0))
+
+    def __call__(self, scores: Tensor, history: Tensor, step: int) -> Tensor:
+        cfg = self.cfg
+        if cfg.repetition_penalty != 1.0:
+            picked = scores.gather(1, history)
+            picked = torch.where(picked < 0, picked * cfg.repetition_penalty, picked / cfg.repetition_penalty)
+            scores = scores.scatter(1, history, picked)
+        if cfg.no_repeat_ngram_size > 0:
+            scores = _ban_repeated_ngrams(scores, history, cfg.no_repeat_ngram_size)
+        if step < cfg.min_new_tokens and cfg.eos_token_id is not None:
+            scores = scores.index_fill(1, torch.tensor([cfg.eos_token_id]), -math.inf)
+        if self.suppress.numel():
+            scores = scores.index_fill(1, self.suppress, -math.inf)
+        return scores
+
+    def warped(self, scores: Tensor, beam_sampling: bool = False) -> Tensor:
+        """Temperature, top-k and top-p (sampling only); beam sampling keeps at least 2 tokens as transformers."""
+        cfg = self.cfg
+        keep = 2 if beam_sampling else 1
+        if cfg.temperature != 1.0:
+            scores = scores / cfg.temperature
+        if cfg.top_k is not None:
+            k = min(max(cfg.top_k, keep), scores.shape[-1])
+            scores = scores.masked_fill(scores < torch.topk(scores, k)[0][..., -1, None], -math.inf)
+        if cfg.top_p is not None and cfg.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=False)
+            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            remove = cumulative <= (1 - cfg.top_p)
+            remove[..., -keep:] = False
+            scores = scores.masked_fill(remove.scatter(1, order, remove), -math.inf)
+        return scores
+
+    def apply(self, scores: Tensor, history: Tensor, step: int) -> Tensor:
+        """Processors on ``scores`` (never modified in place)."""
+        return self(scores, history, step) if self.active else scores
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _prepare_inputs(model: Any, input_ids: Any, attention_mask: Any) -> tuple[Tensor, Tensor]:
+    if not isinstance(input_ids, Tensor):
+        try:
+            input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        except (TypeError, ValueError) as e:
+            raise GenerationError(f"input_ids must be a [batch, length] tensor of token ids: {e}") from None
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2:
+        raise GenerationError(f"input_ids must have shape [batch, length], got {tuple(input_ids.shape)}")
+    if input_ids.shape[0] == 0:
+        raise GenerationError("input_ids is an empty batch: nothing to generate from")
+    if input_ids.shape[1] == 0:
+        raise GenerationError("input_ids has zero length: every source needs at least one token (EOS)")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise GenerationError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    vocab = model.config.vocab_size
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab:
+        raise GenerationError(f"input_ids holds ids outside the vocabulary [0, {vocab}): min {low}, max {high}; "
+                              "was the text encoded with this model's tokenizer?")
+    input_ids = input_ids.to(device=model.device, dtype=torch.long)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    else:
+        attention_mask = torch.as_tensor(attention_mask).to(model.device)
+        if attention_mask.shape != input_ids.shape:
+            raise GenerationError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids "
+                                  f"shape {tuple(input_ids.shape)}")
+    return input_ids, attention_mask
+
+
+def _resolve_model(model: Any, precision: str | None) -> Any:
+    if precision is None:
+        return model
+    from t5kit.quantize import inference_model
+
+    return inference_model(model, precision)
+
+
+def _config(model: Any, config: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:
+    cfg = GenerationConfig.from_options(config, **options).resolved(model.config)
+    bad = [t for t in cfg.suppress_tokens if not 0 <= t < model.config.vocab_size]
+    if bad:
+        raise GenerationError(f"suppress_tokens holds ids outside the vocabulary [0, {model.config.vocab_size}): {bad}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+
+def generate(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any = None,
+    *,
+    config: GenerationConfig | None = None,
+    precision: str | None = None,
+    return_scores: bool = False,
+    generator: torch.Generator | None = None,
+    warn_on_length_limit: bool = True,
+    **options: Any,
+) -> GenerationOutput:
+    """Generate from a batch of (padded) sources; options are :class:`GenerationConfig` fields.
+
+    ``precision`` ("fp32", "bf16", "int8") decodes with a converted copy of the model, made once and kept
+    (see ``t5kit.quantize``); ``None`` uses the model as it is. ``generator`` makes sampling reproducible.
+    A ``LengthLimitWarning`` is raised when some row stopped at ``max_new_tokens`` rather than at EOS
+    (unless EOS is suppressed, when that is the point).
+    """
+    cfg = _config(model, config, options)
+    model = _resolve_model(model, precision)
+    input_ids, attention_mask = _prepare_inputs(model, input_ids, attention_mask)
+    with torch.inference_mode():
+        if cfg.num_beams > 1:
+            out = _beam_search(model, input_ids, attention_mask, cfg, return_scores, generator)
+        else:
+            out = _sample(model, input_ids, attention_mask, cfg, return_scores, generator)
+    eos_possible = cfg.eos_token_id is not None and cfg.eos_token_id not in cfg.suppress_tokens
+    if warn_on_length_limit and eos_possible and out.hit_length_limit:
+        count = sum(r == "length" for r in out.stop_reasons)
+        warnings.warn(f"{count} of {len(out.stop_reasons)} sequences stopped at max_new_tokens="
+                      f"{cfg.max_new_tokens} before EOS (possibly truncated); raise max_new_tokens",
+                      LengthLimitWarning, stacklevel=2)
+    return out
+
+
+def stream(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any = None,
+    *,
+    config: GenerationConfig | None = None,
+    precision: str | None = None,
+    generator: torch.Generator | None = None,
+    **options: Any,
+) -> Iterator[StreamEvent]:
+    """Yield ``StreamEvent(row, token_id)`` as tokens are produced, then ``StreamEvent(row, None, reason)``
+    the moment a row ends, so a server can answer that request while the other rows go on.
+
+    Greedy or sampled decoding only (beam search cannot commit to a token before it ends). Rows are
+    input rows (times ``num_return_sequences`` when sampling several).
+    """
+    cfg = _config(model, config, options)
+    if cfg.num_beams > 1:
+        raise GenerationError("stream() supports greedy and sampled decoding only (num_beams=1); beam search "
+                              "decides its output at the end: use generate()")
+    model = _resolve_model(model, precision)
+    input_ids, attention_mask = _prepare_inputs(model, input_ids, attention_mask)
+    with torch.inference_mode():
+        steps = _sample_steps(model, input_ids, attention_mask, cfg, False, generator)
+        for rows, tokens, finished in steps:
+            for r, t in zip(rows.tolist(), tokens.tolist()):
+                yield StreamEvent(r, t)
+            for r, reason in finished:
+                yield StreamEvent(r, None, reason)
+
+
+# ---------------------------------------------------------------------------------------------- greedy / sampling
+
+
+def _sample_steps(
+    model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig, with_scores: bool,
+    generator: torch.Generator | None, state: dict[str, Any] | None = None,
+) -> Iterator[tuple[Tensor, Tensor, list[tuple[int, str]]]]:
+    """The greedy/sampling loop: yields (rows, their new tokens, [(row, stop reason) ended this step]).
+
+    ``state`` (if given) receives the output buffer, per-row scores and lengths as they are filled.
+    """
+    copies = cfg.num_return_sequences
+    if copies > 1:
+        input_ids = input_ids.repeat_interleave(copies, 0)
+        attention_mask = attention_mask.repeat_interleave(copies, 0)
+    n = input_ids.shape[0]
+    max_new = cfg.max_new_tokens
+    pad = cfg.pad_token_id
+    eos = cfg.eos_token_id
+    encoder_hidden = model.encode(input_ids, attention_mask)
+    cache = model.new_cache(encoder_hidden, attention_mask, max_length=max_new)
+    del encoder_hidden
+    out = torch.full((n, max_new + 1), pad, dtype=torch.long, device=input_ids.device)
+    out[:, 0] = cfg.decoder_start_token_id
+    scores_total = torch.zeros(n, dtype=torch.float32) if with_scores else None
+    lengths = [max_new] * n
+    if state is not None:
+        state.update(out=out, scores=scores_total, lengths=lengths)
+    processors = _Processors(cfg, model.config.vocab_size)
+    needs_history = cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0
+    rows = torch.arange(n, device=input_ids.device)
+    tokens = out[:, :1]
+    for step in range(max_new):
+        logits = model.decode_step(tokens, cache)[:, -1].float()
+        history = out[:, : step + 1].index_select(0, rows) if needs_history else out[:0]
+        scores = processors.apply(logits, history, step)
+        if cfg.do_sample:
+            scores = processors.warped(scores)
+            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
+        else:
+            next_tokens = scores.argmax(-1)
+        if with_scores:
+            chosen = torch.log_softmax(scores, dim=-1).gather(1, next_tokens[:, None])[:, 0]
+            scores_total.index_add_(0, rows, chosen)
+        out[rows, step + 1] = next_tokens
+        last = step + 1 == max_new
+        finished: list[tuple[int, str]] = []
+        new_rows, new_tokens = rows, next_tokens
+        if eos is not None:
+            done = next_tokens == eos
+            if bool(done.any()):
+                for r in rows[done].tolist():
+                    finished.append((r, "eos"))
+                    lengths[r] = step + 1
+                keep = (~done).nonzero()[:, 0]
+                rows, next_tokens = rows[keep], next_tokens[keep]
+                if rows.numel() and not last:
+                    cache = cache.select(keep)  # finished rows cost nothing from here on
+        if last:
+            finished.extend((r, "length") for r in rows.tolist())
+        yield new_rows, new_tokens, finished
+        if last or rows.numel() == 0:
+            return
+        tokens = next_tokens[:, None]
+
+
+def _sample(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig, with_scores: bool,
+            generator: torch.Generator | None) -> GenerationOutput:
+    state: dict[str, Any] = {}
+    reasons: dict[int, str] = {}
+    for _, _, finished in _sample_steps(model, input_ids, attention_mask, cfg, with_scores, generator, state):
+        reasons.update(finished)
+    out, lengths = state["out"], state["lengths"]
+    longest = max(lengths)
+    return GenerationOutput(sequences=out[:, : longest + 1], stop_reasons=[reasons[i] for i in range(len(lengths))],
+                            scores=state["scores"], num_new_tokens=lengths)
+
+
+# ---------------------------------------------------------------------------------------------- beam search
+
+
+def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig, with_scores: bool,
+                 generator: torch.Generator | None) -> GenerationOutput:
+    """transformers' (5.x) vectorised beam search, operation for operation, on t5kit's cache.
+
+    State per input item: ``num_beams`` running hypotheses and ``num_beams`` finished slots. Each step
+    takes the top 2*num_beams continuations of all running beams, moves those that end (EOS or length
+    limit) and rank in the top num_beams into the finished slots when they beat them, and keeps the best
+    num_beams unfinished ones running. An item whose finished slots can no longer change (all slots full
+    and, by the early-stopping heuristic, no running beam can beat them) leaves the compute batch.
+    """
+    batch = input_ids.shape[0]
+    K = cfg.num_beams
+    max_new = cfg.max_new_tokens
+    max_len = max_new + 1  # decoder start + generated
+    eos = cfg.eos_token_id
+    device = input_ids.device
+    fill = cfg.pad_token_id if cfg.pad_token_id else (eos if eos is not None else -1)  # transformers' fill value
+    beams_to_keep = max(2, 1 + (1 if eos is not None else 0)) * K
+    top_num_beam_mask = torch.cat((torch.ones(K, dtype=torch.bool), torch.zeros(beams_to_keep - K, dtype=torch.bool)))
+    processors = _Processors(cfg, model.config.vocab_size)
+    sampling = cfg.do_sample
+
+    encoder_hidden = model.encode(input_ids, attention_mask)
+    cache = model.new_cache(encoder_hidden, attention_mask, max_length=max_new)
+    del encoder_hidden
+
+    running_sequences = torch.full((batch, K, max_len), fill, dtype=torch.long, device=device)
+    running_sequences[:, :, 0] = cfg.decoder_start_token_id
+    sequences = running_sequences.clone()
+    running_beam_scores = torch.zeros((batch, K), dtype=torch.float32, device=device)
+    running_beam_scores[:, 1:] = -1e9
+    beam_scores = torch.full((batch, K), -1e9, dtype=torch.float32, device=device)
+    is_sent_finished = torch.zeros((batch, K), dtype=torch.bool, device=device)
+    unsatisfied = torch.ones((batch, 1), dtype=torch.bool, device=device)
+
+    final_sequences = torch.full((batch, K, max_len), fill, dtype=torch.long, device=device)
+    final_scores = torch.full((batch, K), -1e9, dtype=torch.float32, device=device)
+    items = torch.arange(batch, device=device)  # input items still in the compute batch
+
+    # The first step: every beam of an item is the same decoder start, so decode one row per item and
+    # then give each beam its own copy of the cache.
+    logits = model.decode_step(running_sequences[:, 0, :1], cache)[:, -1].float()
+    logits = logits.repeat_interleave(K, 0)
+    cache = cache.select(torch.arange(batch, device=device).repeat_interleave(K))
+    cur_len = 1
+    while True:
+        b = items.numel()
+        vocab = logits.shape[-1]
+        log_probs = torch.log_softmax(logits, dim=-1)
+        flat_running = running_sequences.view(b * K, max_len)[:, :cur_len]
+        log_probs = processors.apply(log_probs, flat_running, cur_len - 1)
+        if sampling:
+            log_probs = processors.warped(log_probs, beam_sampling=True)
+        log_probs = log_probs.view(b, K, vocab) + running_beam_scores[:, :, None]
+        log_probs = log_probs.reshape(b, K * vocab)
+
+        # c. top-K continuations
+        if sampling:
+            topk_indices = torch.multinomial(torch.softmax(log_probs, dim=-1), beams_to_keep, generator=generator)
+            topk_log_probs = torch.gather(log_probs, 1, topk_indices)
+            topk_log_probs, order = topk_log_probs.sort(dim=-1, descending=True)
+            topk_indices = topk_indices.gather(-1, order)
+        else:
+            topk_log_probs, topk_indices = torch.topk(log_probs, k=beams_to_keep)
+        topk_beam = topk_indices // vocab
+        topk_ids = topk_indices % vocab
+        topk_running_sequences = torch.take_along_dim(running_sequences, topk_beam[:, :, None], dim=1)
+        topk_running_sequences[:, :, cur_len] = topk_ids
+
+        # d. which continuations end here
+        hits = topk_ids == eos if eos is not None else torch.zeros_like(topk_ids, dtype=torch.bool)
+        if cur_len + 1 >= max_len:
+            hits = torch.ones_like(hits)
+
+        # e. the best unfinished continuations keep running
+        topk_running_log_probs = topk_log_probs + hits.to(torch.float32) * -1.0e9
+        next_topk = torch.topk(topk_running_log_probs, k=K)[1]
+        running_sequences = torch.take_along_dim(topk_running_sequences, next_topk[:, :, None], dim=1)
+        running_beam_scores = torch.take_along_dim(topk_running_log_probs, next_topk, dim=1)
+        source_beam = torch.take_along_dim(topk_beam, next_topk, dim=1)
+
+        # f. finished slots take new endings that beat them
+        did_finish = hits & top_num_beam_mask[None, :]
+        scored = topk_log_probs / cfg.penalty(cur_len)
+        full = torch.all(is_sent_finished, dim=-1, keepdim=True) & (cfg.early_stopping is True)
+        scored = scored + full.to(torch.float32) * -1.0e9
+        scored = scored + (~unsatisfied).to(torch.float32) * -1.0e9
+        scored = scored + (~did_finish) * -1.0e9
+        merged_sequences = torch.cat((sequences, topk_running_sequences), dim=1)
+        merged_scores = torch.cat((beam_scores, scored), dim=1)
+        merged_finished = torch.cat((is_sent_finished, did_finish), dim=1)
+        best = torch.topk(merged_scores, k=K)[1]
+        sequences = torch.take_along_dim(merged_sequences, best[:, :, None], dim=1)
+        beam_scores = torch.take_along_dim(merged_scores, best, dim=1)
+        is_sent_finished = torch.take_along_dim(merged_finished, best, dim=1)
+
+        cur_len += 1
+        # the early-stopping heuristic (transformers' _check_early_stop_heuristic)
+        if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+            best_length = max_len - 1
+        else:
+            best_length = cur_len - 1
+        best_running = running_beam_scores[:, :1] / cfg.penalty(best_length)
+        worst_finished = torch.where(is_sent_finished, torch.min(beam_scores, dim=1, keepdim=True)[0], -1.0e9)
+        unsatisfied = unsatisfied & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
+
+        all_hit = bool(hits.all())
+        alive = unsatisfied[:, 0] & ~(torch.all(is_sent_finished, dim=-1) & (cfg.early_stopping is True))
+        if all_hit or not bool(alive.any()):
+            final_sequences[items] = sequences
+            final_scores[items] = beam_scores
+            break
+        if not bool(alive.all()):  # items that can no longer change leave the compute batch
+            gone = (~alive).nonzero()[:, 0]
+            final_sequences[items[gone]] = sequences[gone]
+            final_scores[items[gone]] = beam_scores[gone]
+            keep = alive.nonzero()[:, 0]
+            items = items[keep]
+            running_sequences, running_beam_scores = running_sequences[keep], running_beam_scores[keep]
+            sequences, beam_scores = sequences[keep], beam_scores[keep]
+            is_sent_finished, unsatisfied = is_sent_finished[keep], unsatisfied[keep]
+            source_beam = source_beam[keep]
+            row_items = keep
+        else:
+            row_items = torch.arange(items.numel(), device=device)
+        # reorder the cache: row (item i, beam j) continues old row (old item index, source beam)
+        rows = (row_items[:, None] * K + source_beam).reshape(-1)
+        cache = cache.select(rows)
+        logits = model.decode_step(running_sequences.view(-1, max_len)[:, cur_len - 1: cur_len], cache)[:, -1].float()
+
+    nrs = cfg.num_return_sequences
+    chosen = final_sequences[:, :nrs].reshape(batch * nrs, max_len)
+    chosen_scores = final_scores[:, :nrs].reshape(-1)
+    # transformers fills after EOS with EOS when pad is 0; t5kit's layout is pad after EOS.
+    lengths: list[int] = []
+    reasons: list[str] = []
+    body = chosen[:, 1:]
+    for row in range(body.shape[0]):
+        hit = (body[row] == eos).nonzero() if eos is not None else body[row][:0]
+        if hit.numel():
+            length = int(hit[0, 0]) + 1
+            reasons.append("eos")
+        else:
+            length = max_new
+            reasons.append("length")
+        body[row, length:] = cfg.pad_token_id
+        lengths.append(length)
+    longest = max(lengths)
+    return GenerationOutput(sequences=chosen[:, : longest + 1].contiguous(), stop_reasons=reasons,
+                            scores=chosen_scores if with_scores else None, num_new_tokens=lengths)
+
+
+# ---------------------------------------------------------------------------------------------- text level
+
+
+@dataclass
+class GenerationResult:
+    """One output text. ``token_ids``: the generated ids (no decoder start, no padding; EOS kept if produced)."""
+
+    text: str
+    token_ids: list[int]
+    input_tokens: int
+    output_tokens: int
+    stop_reason: str
+    score: float | None = None
+
+
+# transformers' task_specific_params count the decoder start in max_length/min_length; t5kit counts new tokens.
+_TASK_KEYS = {"num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "do_sample", "temperature",
+              "top_k", "top_p", "repetition_penalty", "num_return_sequences", "max_new_tokens", "min_new_tokens"}
+
+
+class Generator:
+    """Text in, text out: tokenizes, batches (sorted by length, order preserved), decodes, detokenizes.
+
+    ``tokenizer`` needs ``encode(text, add_eos=True) -> list[int]``, ``decode(ids, skip_special_tokens=...)``,
+    ``pad_token_id``/``eos_token_id`` are taken from the model's config. Ids the tokenizer cannot decode
+    (the model's embedding has 28 rows beyond T5's 32,100 ids) are never generated.
+    """
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str, precision: str | None = None, **load_options: Any) -> Generator:
+        """Model and tokenizer from one checkpoint directory (or hub repo id)."""
+        from t5kit.checkpoint import resolve_checkpoint_dir
+        from t5kit.model import T5Model
+        from t5kit.tokenizer import load_tokenizer
+
+        directory = resolve_checkpoint_dir(path_or_repo_id)
+        model = T5Model.from_pretrained(str(directory), **load_options)
+        return cls(model, load_tokenizer(directory), precision=precision)
+
+    def __init__(self, model: Any, tokenizer: Any, precision: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.precision = precision
+        model_vocab = model.config.vocab_size
+        tok_vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
+        self._unreachable = tuple(range(min(tok_vocab, model_vocab), model_vocab))
+
+    # -- tasks
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """``task_specific_params`` of the model's config (t5-* checkpoints carry summarization, translation ...)."""
+        return dict(self.model.config.extra.get("task_specific_params") or {})
+
+    def task_options(self, task: str | None) -> tuple[str, dict[str, Any]]:
+        """(prefix, decoding options) of a named task, in t5kit's terms (new-token counts)."""
+        if task is None:
+            return "", {}
+        tasks = self.tasks
+        if task not in tasks:
+            known = ", ".join(sorted(tasks)) or "none (the config has no task_specific_params)"
+            raise GenerationError(f"unknown task {task!r}; this model's tasks: {known}.{closest_names(task, tasks)}")
+        params = dict(tasks[task])
+        prefix = str(params.pop("prefix", "") or "")
+        options: dict[str, Any] = {}
+        if "max_length" in params:
+            options["max_new_tokens"] = max(1, int(params.pop("max_length")) - 1)
+        if "min_length" in params:
+            options["min_new_tokens"] = max(0, int(params.pop("min_length")) - 1)
+        options.update({k: v for k, v in params.items() if k in _TASK_KEYS})
+        return prefix, options
+
+    def _options(self, task: str | None, decoding: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        prefix, options = self.task_options(task)
+        options.update(decoding)
+        if self._unreachable:
+            options["suppress_tokens"] = tuple(options.get("suppress_tokens", ())) + self._unreachable
+        return prefix, options
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- whole outputs
+    def generate(self, texts: str | Sequence[str], task: str | None = None, batch_size: int = 16,
+                 return_scores: bool = False, **decoding: Any) -> list[GenerationResult]:
+        """Results in the order of ``texts`` (``num_return_sequences`` consecutive results per text)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise GenerationError("texts is empty: nothing to generate from")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
+        prefix, options = self._options(task, decoding)
+        GenerationConfig.from_options(**options)  # fail before any work on a bad option
+        encoded = [self.tokenizer.encode(prefix + t, add_eos=True) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+        per_text: dict[int, list[GenerationResult]] = {}
+        pad = self.model.config.pad_token_id
+        for start in range(0, len(order), batch_size):
+            chunk = order[start: start + batch_size]
+            longest = max(len(encoded[i]) for i in chunk)
+            ids = torch.full((len(chunk), longest), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(chunk):
+                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, : len(encoded[i])] = 1
+            out = generate(self.model, ids, mask, precision=self.precision, return_scores=return_scores,
+                           **options)
+            copies = out.sequences.shape[0] // len(chunk)
+            for row, i in enumerate(chunk):
+                results = []
+                for c in range(copies):
+                    r = row * copies + c
+                    generated = out.sequences[r, 1: 1 + out.num_new_tokens[r]].tolist()
+                    results.append(GenerationResult(
+                        text=self._decode(generated), token_ids=generated, input_tokens=len(encoded[i]),
+                        output_tokens=len(generated), stop_reason=out.stop_reasons[r],
+                        score=float(out.scores[r]) if out.scores is not None else None))
+                per_text[i] = results
+        return [result for i in range(len(texts)) for result in per_text[i]]
+
+    # -- streaming
+    def stream(self, text: str, task: str | None = None, **decoding: Any) -> Iterator[str]:
+        """Yield text pieces as tokens arrive; their concatenation is the decoded output.
+
+        SentencePiece marks a word start with "▁" and the decoder drops it at the very beginning, so a piece
+        cannot be decoded alone; the whole output is decoded each time and the new suffix yielded (held
+        back while it ends in an incomplete UTF-8 sequence of byte-fallback pieces).
+        """
+        if not isinstance(text, str):
+            raise GenerationError(f"stream() takes one string, not {type(text).__name__}")
+        prefix, options = self._options(task, decoding)
+        ids = torch.tensor([self.tokenizer.encode(prefix + text, add_eos=True)])
+        generated: list[int] = []
+        emitted = ""
+        for event in stream(self.model, ids, precision=self.precision, **options):
+            if event.token_id is None:
+                break
+            generated.append(event.token_id)
+            decoded = self._decode(generated)
+            if decoded.endswith("\ufffd") or not decoded.startswith(emitted):
+                continue
+            if len(decoded) > len(emitted):
+                yield decoded[len(emitted):]
+                emitted = decoded
+        final = self._decode(generated)
+        if final.startswith(emitted) and len(final) > len(emitted):
+            yield final[len(emitted):]

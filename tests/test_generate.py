@@ -1,0 +1,351 @@
+"""Generation against `transformers`' generate on random checkpoints of each family, built here.
+
+Each reference model gets a boosted EOS row (and, when tied, rows of equal norm and a stronger feed-forward
+output) so that its greedy and beam outputs hold varied tokens and end at different steps; every test
+asserts that its reference is not trivial. Sequences are compared up to and including the first EOS
+(transformers' beam search fills with EOS after it, t5kit with pad). Scores (summed log-probabilities,
+length-penalised for beams) agree within 1e-4 absolute.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hf_models import build_hf_model, padded_batch
+
+from t5kit import T5Model
+from t5kit.generate import GenerationConfig, GenerationError, Generator, LengthLimitWarning, generate, stream
+
+MAX_NEW = 24
+SCORE_ATOL = 1e-4
+# family -> (EOS row factor, tied only: embedding row norm and decoder wo factor)
+BOOST = {"v1.0-relu-tied": (1.9, 3.0, 5.0), "v1.1-gated-untied": (1.6, None, None),
+         "umt5-per-layer-bias": (1.3, None, None), "byt5-like-asymmetric": (6.0, None, None)}
+VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+
+
+def boosted_hf_model(family: str):
+    hf = build_hf_model(family)
+    eos_factor, row_norm, wo_factor = BOOST[family]
+    with torch.no_grad():
+        if row_norm is not None:  # tied: no hub tokens, and layers that outweigh the copied input embedding
+            hf.shared.weight.copy_(torch.nn.functional.normalize(hf.shared.weight, dim=-1) * row_norm)
+            for block in hf.decoder.block:
+                block.layer[-1].DenseReluDense.wo.weight.mul_(wo_factor)
+        hf.lm_head.weight[1] *= eos_factor
+    return hf
+
+
+@pytest.fixture(scope="module", params=list(BOOST))
+def pair(request, tmp_path_factory):
+    hf = boosted_hf_model(request.param)
+    directory = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(directory)
+    return request.param, hf, T5Model.from_pretrained(directory).eval()
+
+
+def upto_eos(row: torch.Tensor) -> list[int]:
+    ids = row.tolist()[1:]
+    return ids[: ids.index(1) + 1] if 1 in ids else ids
+
+
+CASES = {
+    "greedy": dict(),
+    "beam4-lp0.6": dict(num_beams=4, length_penalty=0.6),
+    "beam4-lp2-early-nrs2": dict(num_beams=4, length_penalty=2.0, early_stopping=True, num_return_sequences=2),
+    "ngram3": dict(no_repeat_ngram_size=3),
+    "min-new-and-repetition": dict(min_new_tokens=6, repetition_penalty=1.5),
+}
+
+
+def test_token_identical_to_transformers(pair):
+    family, hf, model = pair
+    ids, mask, _ = padded_batch(hf.config.vocab_size, batch=3)
+    for name, options in CASES.items():
+        ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
+                          output_scores=True, return_dict_in_generate=True, **options)
+        out = generate(model, ids, mask, max_new_tokens=MAX_NEW, return_scores=True, warn_on_length_limit=False,
+                       **options)
+        expected = [upto_eos(r) for r in ref.sequences]
+        assert [upto_eos(r) for r in out.sequences] == expected, (family, name)
+        assert out.sequences[:, 0].eq(0).all()
+        # layout: pad (0) after EOS, never EOS filler
+        for row, n in zip(out.sequences, out.num_new_tokens):
+            assert row[1 + n:].eq(0).all()
+        assert out.stop_reasons == ["eos" if e[-1] == 1 else "length" for e in expected]
+        if "num_beams" in options:
+            ref_scores = ref.sequences_scores
+        else:
+            steps = hf.compute_transition_scores(ref.sequences, ref.scores, normalize_logits=True)
+            ref_scores = torch.stack([steps[i, : len(e)].sum() for i, e in enumerate(expected)])
+        assert torch.allclose(out.scores, ref_scores, atol=SCORE_ATOL, rtol=0), (family, name)
+        if name == "greedy":  # the reference is not trivial: varied tokens, rows ending at different steps
+            assert len({t for e in expected for t in e}) >= 6, family
+            if family != "byt5-like-asymmetric":
+                assert len({len(e) for e in expected}) >= 2, family
+        if name == "min-new-and-repetition":
+            assert all(len(e) > 6 for e in expected)
+
+
+def test_beam_references_end_at_different_steps():
+    """At least some beam references stop early on EOS while others hit the length limit."""
+    hf = boosted_hf_model("umt5-per-layer-bias")
+    ids, mask, _ = padded_batch(hf.config.vocab_size, batch=3)
+    ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, num_beams=4,
+                      num_return_sequences=2, length_penalty=2.0, early_stopping=True, do_sample=False)
+    lengths = {len(upto_eos(r)) for r in ref}
+    assert len(lengths) >= 2 and min(lengths) < MAX_NEW
+
+
+def reference_greedy(model: T5Model, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy decoding without a cache: the full decoder over the whole prefix at every step."""
+    decoder = torch.zeros(ids.shape[0], 1, dtype=torch.long)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        enc = model.encode(ids, mask)
+        for _ in range(steps):
+            logits = model(decoder_input_ids=decoder, attention_mask=mask, encoder_hidden_states=enc).logits
+            nxt = logits[:, -1].argmax(-1).masked_fill(done, 0)
+            decoder = torch.cat([decoder, nxt[:, None]], 1)
+            done |= nxt == 1
+            if done.all():
+                break
+    return decoder
+
+
+def test_cached_equals_uncached_and_finished_rows_leave_the_batch(pair):
+    family, hf, model = pair
+    ids, mask, _ = padded_batch(hf.config.vocab_size, batch=3)
+    ref = reference_greedy(model, ids, mask, MAX_NEW)
+    sizes: list[int] = []
+    original = model.decode_step
+
+    def counting(tokens, cache):
+        sizes.append(tokens.shape[0])
+        return original(tokens, cache)
+
+    model.decode_step = counting
+    try:
+        out = generate(model, ids, mask, max_new_tokens=MAX_NEW, warn_on_length_limit=False)
+    finally:
+        del model.decode_step
+    assert [upto_eos(r) for r in out.sequences] == [upto_eos(r) for r in ref]
+    ended_early = [n for n, r in zip(out.num_new_tokens, out.stop_reasons) if r == "eos"]
+    if ended_early:  # after a row's EOS, the later steps run on fewer rows
+        assert sizes[min(ended_early)] < sizes[0]
+
+
+def test_streaming_yields_what_generate_returns(pair):
+    family, hf, model = pair
+    ids, mask, _ = padded_batch(hf.config.vocab_size, batch=3)
+    out = generate(model, ids, mask, max_new_tokens=MAX_NEW, warn_on_length_limit=False)
+    tokens: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    finished_order = []
+    for event in stream(model, ids, mask, max_new_tokens=MAX_NEW):
+        if event.token_id is None:
+            assert event.row not in finished_order
+            finished_order.append(event.row)
+            assert event.stop_reason == out.stop_reasons[event.row]
+        else:
+            assert event.row not in finished_order  # no token after the row's end
+            tokens[event.row].append(event.token_id)
+    assert [tokens[r] for r in range(3)] == [upto_eos(r) for r in out.sequences]
+    # a row is reported finished as soon as it ends: shorter outputs are announced first
+    lengths = [len(tokens[r]) for r in finished_order]
+    assert lengths == sorted(lengths)
+    single = [e.token_id for e in stream(model, ids[:1, : int(mask[0].sum())], max_new_tokens=MAX_NEW)
+              if e.token_id is not None]
+    assert single == upto_eos(out.sequences[0])
+
+
+def small_model(tmp_path_factory, family: str = "v1.1-gated-untied") -> T5Model:
+    hf = boosted_hf_model(family)
+    directory = tmp_path_factory.mktemp(f"{family}-single")
+    hf.save_pretrained(directory)
+    return T5Model.from_pretrained(directory).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> T5Model:
+    return small_model(tmp_path_factory)
+
+
+def test_sampling_is_reproducible_and_top_k_one_is_greedy(model):
+    ids, mask, _ = padded_batch(model.config.vocab_size, batch=3)
+    kw = dict(do_sample=True, max_new_tokens=12, warn_on_length_limit=False)
+    a = generate(model, ids, mask, generator=torch.Generator().manual_seed(3), **kw).sequences
+    b = generate(model, ids, mask, generator=torch.Generator().manual_seed(3), **kw).sequences
+    c = generate(model, ids, mask, generator=torch.Generator().manual_seed(4), **kw).sequences
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    greedy = generate(model, ids, mask, max_new_tokens=12, warn_on_length_limit=False).sequences
+    top1 = generate(model, ids, mask, top_k=1, generator=torch.Generator().manual_seed(5), **kw).sequences
+    assert torch.equal(top1, greedy)
+    several = generate(model, ids, mask, num_return_sequences=4, generator=torch.Generator().manual_seed(3), **kw)
+    assert several.sequences.shape[0] == 12
+
+
+@pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.7, top_k=5), dict(top_p=0.6)])
+def test_sampling_distribution(model, options):
+    """First-token frequencies over 4000 draws match the filtered softmax, and tokens the filter removes
+    never appear. Tolerance: total variation below 1.5x its expected sampling noise
+    (0.5 * sum sqrt(2 p (1 - p) / (pi n)), about 0.05 for the unfiltered 300-token softmax) plus 0.01."""
+    n = 4000
+    ids, mask, _ = padded_batch(model.config.vocab_size)
+    ids, mask = ids[:1], mask[:1]
+    with torch.no_grad():
+        enc = model.encode(ids, mask)
+        cache = model.new_cache(enc, mask, max_length=1)
+        logits = model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)[0, -1].float()
+    logits = logits / options.get("temperature", 1.0)
+    probs = torch.softmax(logits, -1)
+    if "top_k" in options:
+        keep = torch.zeros_like(probs, dtype=torch.bool)
+        keep[probs.topk(options["top_k"]).indices] = True
+        probs = torch.where(keep, probs, 0)
+    if "top_p" in options:
+        sorted_p, order = probs.sort(descending=True)
+        cut = (sorted_p.cumsum(0) - sorted_p) < options["top_p"]  # keep until the mass reaches top_p
+        keep = torch.zeros_like(probs, dtype=torch.bool)
+        keep[order[cut]] = True
+        probs = torch.where(keep, probs, 0)
+    probs = probs / probs.sum()
+    out = generate(model, ids.expand(n, -1), mask.expand(n, -1), do_sample=True, max_new_tokens=1,
+                   generator=torch.Generator().manual_seed(0), warn_on_length_limit=False, **options)
+    counts = torch.bincount(out.sequences[:, 1], minlength=probs.numel()).float() / n
+    assert counts[probs == 0].sum() == 0
+    noise = 0.5 * torch.sqrt(2 * probs * (1 - probs) / (torch.pi * n)).sum().item()
+    assert 0.5 * (counts - probs).abs().sum().item() < 1.5 * noise + 0.01
+    assert (probs > 0).sum() > 1  # the filtered distribution is not a single token
+
+
+def test_gnmt_length_penalty_scores(model):
+    ids, mask, _ = padded_batch(model.config.vocab_size)
+    ids, mask = ids[:2], mask[:2]
+    alpha = 0.6
+    out = generate(model, ids, mask, num_beams=4, length_penalty=alpha, length_penalty_style="gnmt",
+                   max_new_tokens=MAX_NEW, return_scores=True, warn_on_length_limit=False)
+    for i in range(2):
+        n = out.num_new_tokens[i]
+        seq = out.sequences[i, : n + 1][None]
+        with torch.no_grad():
+            logits = model(input_ids=ids[i: i + 1], attention_mask=mask[i: i + 1],
+                           decoder_input_ids=seq[:, :-1]).logits.float()
+        logp = torch.log_softmax(logits, -1)[0].gather(1, seq[0, 1:, None]).sum()
+        assert out.scores[i].item() == pytest.approx((logp / ((5 + n) / 6) ** alpha).item(), abs=SCORE_ATOL)
+
+
+@pytest.mark.parametrize("precision,threshold", [("bf16", 0.9), ("int8", 0.9)])
+def test_low_precision_mostly_agrees_with_fp32(model, precision, threshold):
+    """Teacher-forced next-token agreement with fp32 over the fp32 greedy outputs is at least 90%
+    (the untied random head gives well-separated logits); generate runs end to end in that precision."""
+    ids, mask, _ = padded_batch(model.config.vocab_size, batch=3)
+    ref = generate(model, ids, mask, max_new_tokens=MAX_NEW, warn_on_length_limit=False)
+    from t5kit.quantize import inference_model
+
+    low = inference_model(model, precision)
+    assert inference_model(model, precision) is low  # converted once
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask, decoder_input_ids=ref.sequences[:, :-1]).logits.argmax(-1)
+        b = low(input_ids=ids, attention_mask=mask, decoder_input_ids=ref.sequences[:, :-1]).logits.argmax(-1)
+    valid = torch.zeros_like(a, dtype=torch.bool)
+    for i, n in enumerate(ref.num_new_tokens):
+        valid[i, :n] = True
+    agreement = (a == b)[valid].float().mean().item()
+    assert agreement >= threshold, agreement
+    out = generate(model, ids, mask, max_new_tokens=MAX_NEW, precision=precision, warn_on_length_limit=False)
+    assert out.sequences.shape[0] == 3
+
+
+def test_bad_inputs_give_clear_errors(model):
+    ids = torch.tensor([[5, 6, 1]])
+    cases = [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(num_return_sequences=3, num_beams=2), "num_return_sequences"),
+        (dict(top_p=0.0, do_sample=True), "top_p"),
+        (dict(top_p=1.5, do_sample=True), "top_p"),
+        (dict(temperature=0.0, do_sample=True), "temperature"),
+        (dict(length_penalty_style="paper"), "length_penalty_style"),
+        (dict(num_beam=4), "num_beams"),  # a typo: the message suggests the right name
+        (dict(suppress_tokens=[10**6]), "suppress_tokens"),
+    ]
+    for options, name in cases:
+        with pytest.raises(GenerationError, match=name):
+            generate(model, ids, **options)
+    with pytest.raises(GenerationError, match="empty batch"):
+        generate(model, torch.zeros(0, 3, dtype=torch.long))
+    with pytest.raises(GenerationError, match="outside the vocabulary"):
+        generate(model, torch.tensor([[5, model.config.vocab_size]]))
+    with pytest.raises(GenerationError, match="stream"):
+        next(stream(model, ids, num_beams=2))
+    with pytest.raises(ValueError, match="precision"):
+        generate(model, ids, precision="fp8")
+    assert isinstance(GenerationError("x"), ValueError)
+    assert GenerationConfig().max_new_tokens >= 128  # never a silent 20
+
+
+def test_length_limit_is_reported(model):
+    ids, mask, _ = padded_batch(model.config.vocab_size, batch=3)
+    with pytest.warns(LengthLimitWarning, match="max_new_tokens=2"):
+        out = generate(model, ids, mask, max_new_tokens=2)
+    assert "length" in out.stop_reasons
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # EOS suppressed: stopping at the limit is the point, no warning
+        out = generate(model, ids, mask, max_new_tokens=5, suppress_tokens=[1])
+    assert out.stop_reasons == ["length"] * 3 and out.sequences.shape[1] == 6
+    assert T5Model.generate is not None and torch.equal(model.generate(ids, mask, max_new_tokens=5,
+                                                                       suppress_tokens=[1]).sequences, out.sequences)
+
+
+# ---------------------------------------------------------------------------------------------- text level
+
+
+@pytest.fixture(scope="module")
+def text_generator():
+    if not (VOCAB / "spiece.model").exists():
+        pytest.skip(f"the real T5 vocabulary is not at {VOCAB}")
+    from t5kit import T5Config
+    from t5kit.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    config = T5Config.from_preset("tiny", d_model=32, d_ff=48, num_heads=2, d_kv=16, num_decoder_layers=1,
+                                  num_layers=1)
+    config.extra["task_specific_params"] = {
+        "summarization": {"early_stopping": True, "length_penalty": 2.0, "max_length": 9, "min_length": 4,
+                          "no_repeat_ngram_size": 3, "num_beams": 2, "prefix": "summarize: "}}
+    model = T5Model(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[1] *= 3.0
+    return Generator(model, Tokenizer.from_pretrained(VOCAB))
+
+
+def test_generator_texts_order_batching_and_tasks(text_generator):
+    gen = text_generator
+    texts = ["A long paragraph for summarization, with many words in it.", "Hello world", "Das Haus ist wunderbar.",
+             "translate English to German: The house is wonderful."]
+    results = gen.generate(texts, batch_size=2, max_new_tokens=10)
+    one_by_one = [gen.generate(t, max_new_tokens=10)[0] for t in texts]
+    assert [r.token_ids for r in results] == [r.token_ids for r in one_by_one]  # order kept across sorted batches
+    for text, r in zip(texts, results):
+        assert r.input_tokens == len(gen.tokenizer.encode(text))
+        assert r.output_tokens == len(r.token_ids) and r.stop_reason in ("eos", "length")
+        assert r.text == gen.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+        assert all(t < 32100 for t in r.token_ids)  # ids the tokenizer cannot decode are never produced
+    prefix, options = gen.task_options("summarization")
+    assert prefix == "summarize: " and options["num_beams"] == 2 and options["max_new_tokens"] == 8
+    task = gen.generate(texts[0], task="summarization")[0]
+    assert task.input_tokens == len(gen.tokenizer.encode("summarize: " + texts[0]))
+    assert 4 <= task.output_tokens <= 8
+    with pytest.raises(GenerationError, match="summarization"):
+        gen.generate("x", task="summarisation")
+
+
+def test_generator_stream_pieces_join_to_the_text(text_generator):
+    gen = text_generator
+    for text in ["Hello world", "translate English to German: The house is wonderful."]:
+        pieces = list(gen.stream(text, max_new_tokens=16, suppress_tokens=[1]))
+        full = gen.generate(text, max_new_tokens=16, suppress_tokens=[1])[0]
+        assert "".join(pieces) == full.text
+        assert len(pieces) > 3 and not pieces[0].startswith(" ")  # word starts become spaces, not the first
