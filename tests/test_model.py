@@ -221,3 +221,39 @@ def test_bad_ids_give_clear_errors():
         model.encode(torch.tensor([5, 6]))
     with pytest.raises(TypeError, match="integer"):
         model.encode(torch.tensor([[0.5]]))
+
+
+@pytest.mark.parametrize("preset_family", ["v1.0-relu-tied", "umt5-per-layer-bias"])
+def test_packed_examples_match_the_same_examples_alone(preset_family, tmp_path):
+    """With segment ids and positions, a packed example attends only to itself and gets its own logits."""
+    from t5kit.data import Collator
+
+    hf = build_hf_model(preset_family)
+    hf.save_pretrained(tmp_path)
+    model = T5Model.from_pretrained(tmp_path)
+    g = torch.Generator().manual_seed(3)
+    examples = [{"inputs": torch.randint(3, 300, (n,), generator=g).tolist() + [1],
+                 "targets": torch.randint(3, 300, (m,), generator=g).tolist() + [1]}
+                for n, m in ((5, 3), (11, 6), (3, 2), (20, 9), (7, 4))]
+    packed = Collator(pack=True, inputs_length=40, targets_length=16)(examples)
+    assert packed["input_ids"].shape[0] < len(examples)  # several examples really share rows
+    with torch.no_grad():
+        out = model(**packed)
+        seen = 0
+        for row in range(packed["input_ids"].shape[0]):
+            for segment in packed["decoder_segment_ids"][row].unique().tolist():
+                if segment == 0:
+                    continue
+                where = packed["decoder_segment_ids"][row] == segment
+                labels = packed["labels"][row][where]
+                example = next(e for e in examples if e["targets"] == labels.tolist())
+                alone = model(input_ids=torch.tensor([example["inputs"]]), labels=torch.tensor([example["targets"]]))
+                assert (out.logits[row][where] - alone.logits[0]).abs().max() <= 1e-5
+                seen += 1
+        assert seen == len(examples)
+        # Without the segment ids the examples would see each other: the logits differ.
+        leaky = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
+                      decoder_input_ids=packed["decoder_input_ids"]).logits
+        assert (leaky - out.logits).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="packed batches need"):
+        model(input_ids=packed["input_ids"], labels=packed["labels"], encoder_segment_ids=packed["encoder_segment_ids"])

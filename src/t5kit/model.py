@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,12 @@ class RelativePositionBias(nn.Module):
         key = torch.arange(key_length, device=device)[None, :]
         bucket = relative_position_bucket(key - query, self.bidirectional, self.num_buckets, self.max_distance)
         return F.embedding(bucket, self.weight).permute(2, 0, 1).unsqueeze(0)
+
+    def between(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+        """Bias [batch, heads, queries, keys] for explicit positions (packed rows restart at each example)."""
+        relative = key_positions[:, None, :] - query_positions[:, :, None]
+        bucket = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+        return F.embedding(bucket, self.weight).permute(0, 3, 1, 2)
 
     def by_distance(self, max_length: int) -> Tensor:
         """Causal bias for distances max_length-1 ... 0, shape [heads, max_length].
@@ -243,6 +250,24 @@ def padding_bias(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
+def segment_bias(query_segments: Tensor, key_segments: Tensor, causal: bool = False) -> Tensor:
+    """[batch, 1, q, k] additive mask for packed rows: attend only within the same example (segment id > 0)."""
+    allowed = (query_segments[:, :, None] == key_segments[:, None, :]) & (key_segments[:, None, :] > 0)
+    if causal:
+        q, k = query_segments.shape[1], key_segments.shape[1]
+        allowed = allowed & torch.ones(q, k, dtype=torch.bool, device=allowed.device).tril()
+    return (~allowed)[:, None].to(torch.float32) * torch.finfo(torch.float32).min
+
+
+class Packing(NamedTuple):
+    """Segment ids (1, 2, ... per packed example, 0 = padding) and positions within each example."""
+
+    encoder_segment_ids: Tensor
+    encoder_positions: Tensor
+    decoder_segment_ids: Tensor
+    decoder_positions: Tensor
+
+
 def bias_in(bias: Tensor, dtype: torch.dtype) -> Tensor:
     """An additive bias built in float32, in the activations' dtype (masked entries stay finite in fp16)."""
     if dtype == torch.float16:
@@ -265,14 +290,20 @@ class Encoder(nn.Module):
         self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    def forward(self, embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(self, embeddings: Tensor, attention_mask: Tensor, packing: Packing | None = None) -> Tensor:
         x = self.dropout(embeddings)
         length = x.shape[1]
-        mask = padding_bias(attention_mask, torch.float32)
+        if packing is None:
+            mask = padding_bias(attention_mask, torch.float32)
+        else:
+            segments, positions = packing.encoder_segment_ids, packing.encoder_positions
+            mask = segment_bias(segments, segments)
         bias = None
         for layer in self.layers:
-            if layer.self_attn.relative_bias is not None:  # first layer (T5) or every layer (UMT5)
-                bias = bias_in(layer.self_attn.relative_bias(length, length) + mask, x.dtype)
+            table = layer.self_attn.relative_bias
+            if table is not None:  # first layer (T5) or every layer (UMT5)
+                position_bias = table(length, length) if packing is None else table.between(positions, positions)
+                bias = bias_in(position_bias + mask, x.dtype)
             x = layer(x, bias)
         return self.dropout(self.final_norm(x))
 
@@ -288,19 +319,27 @@ class Decoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(
-        self, embeddings: Tensor, memory: Tensor, memory_mask: Tensor, attention_mask: Tensor | None = None
+        self, embeddings: Tensor, memory: Tensor, memory_mask: Tensor, attention_mask: Tensor | None = None,
+        packing: Packing | None = None,
     ) -> Tensor:
         x = self.dropout(embeddings)
         length = x.shape[1]
-        causal = torch.full((length, length), torch.finfo(torch.float32).min, device=x.device).triu(1)
-        mask = causal[None, None]
-        if attention_mask is not None:
-            mask = mask + padding_bias(attention_mask, torch.float32)
-        cross_bias = bias_in(padding_bias(memory_mask, torch.float32), x.dtype)
+        if packing is None:
+            causal = torch.full((length, length), torch.finfo(torch.float32).min, device=x.device).triu(1)
+            mask = causal[None, None]
+            if attention_mask is not None:
+                mask = mask + padding_bias(attention_mask, torch.float32)
+            cross_bias = bias_in(padding_bias(memory_mask, torch.float32), x.dtype)
+        else:
+            segments, positions = packing.decoder_segment_ids, packing.decoder_positions
+            mask = segment_bias(segments, segments, causal=True)
+            cross_bias = bias_in(segment_bias(segments, packing.encoder_segment_ids), x.dtype)
         bias = None
         for layer in self.layers:
-            if layer.self_attn.relative_bias is not None:
-                bias = bias_in(layer.self_attn.relative_bias(length, length) + mask, x.dtype)
+            table = layer.self_attn.relative_bias
+            if table is not None:
+                position_bias = table(length, length) if packing is None else table.between(positions, positions)
+                bias = bias_in(position_bias + mask, x.dtype)
             x = layer(x, bias, memory, cross_bias)
         return self.dropout(self.final_norm(x))
 
@@ -452,16 +491,38 @@ class T5Model(nn.Module):
         labels: Tensor | None = None,
         decoder_attention_mask: Tensor | None = None,
         encoder_hidden_states: Tensor | None = None,
+        encoder_segment_ids: Tensor | None = None,
+        encoder_positions: Tensor | None = None,
+        decoder_segment_ids: Tensor | None = None,
+        decoder_positions: Tensor | None = None,
     ) -> Seq2SeqOutput:
         """Teacher-forced pass. With ``labels`` and no decoder inputs, the labels are shifted right.
 
         Returns logits [batch, target_length, vocab] and, with labels, the token-mean cross entropy
         (label -100 ignored), computed in float32.
+
+        Packed rows (several short examples per row, as ``t5kit.data.Collator(pack=True)`` makes them) pass
+        the four ``*_segment_ids`` / ``*_positions`` tensors and their own ``decoder_input_ids``: attention
+        then stays within each example and relative positions restart at each, so a packed example gets
+        the same outputs as it would alone.
         """
+        packing = None
+        packed = (encoder_segment_ids, encoder_positions, decoder_segment_ids, decoder_positions)
+        given = [t is not None for t in packed]
+        if any(given):
+            if not all(given) or decoder_input_ids is None:
+                raise ValueError("packed batches need encoder_segment_ids, encoder_positions, decoder_segment_ids, "
+                                 "decoder_positions and decoder_input_ids together")
+            packing = Packing(encoder_segment_ids, encoder_positions, decoder_segment_ids, decoder_positions)
         if encoder_hidden_states is None:
             if input_ids is None:
                 raise ValueError("forward needs input_ids (or encoder_hidden_states)")
-            encoder_hidden_states = self.encode(input_ids, attention_mask)
+            if packing is not None:
+                self._check_ids(input_ids, "input_ids")
+                attention_mask = (encoder_segment_ids > 0).long()
+                encoder_hidden_states = self.encoder(self.shared(input_ids), attention_mask, packing)
+            else:
+                encoder_hidden_states = self.encode(input_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.long,
                                         device=encoder_hidden_states.device)
@@ -471,7 +532,7 @@ class T5Model(nn.Module):
             decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
         self._check_ids(decoder_input_ids, "decoder_input_ids")
         hidden = self.decoder(self.shared(decoder_input_ids), encoder_hidden_states, attention_mask,
-                              decoder_attention_mask)
+                              decoder_attention_mask, packing)
         logits = self.lm_logits(hidden)
         loss = None
         if labels is not None:

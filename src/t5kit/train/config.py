@@ -47,6 +47,9 @@ class DataConfig:
     max_inputs_length: int = 512
     max_targets_length: int = 128
     shuffle_buffer: int = 1000
+    # fine-tuning: pack several short examples into each row of max_inputs_length / max_targets_length tokens
+    # (segment ids keep them apart in attention, so a packed example trains exactly as it would alone)
+    pack: bool = False
     # pre-training (t5kit pretrain): raw text files, corrupted into fixed-length examples
     source: str | None = None
     validation_source: str | None = None

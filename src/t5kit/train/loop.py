@@ -61,6 +61,10 @@ class ValidationSet:
 
 # ---------------------------------------------------------------------------------------------- building
 
+# Keys of a packed batch (t5kit.data.Collator(pack=True)) that the model needs to keep examples apart.
+PACKED_KEYS = ("decoder_input_ids", "encoder_segment_ids", "encoder_positions", "decoder_segment_ids",
+               "decoder_positions")
+
 
 def load_tokenizer(path: str | None) -> Any:
     """The tokenizer for a run (kept behind one function: the tokenizer module is another engineer's)."""
@@ -379,6 +383,16 @@ def _train(
         max_inputs_length=cfg.data.max_inputs_length,
         max_targets_length=cfg.data.max_targets_length,
     )
+    train_collator = collator
+    if cfg.data.pack and objective == "finetune":
+        train_collator = Collator(
+            tokenizer,
+            max_inputs_length=cfg.data.max_inputs_length,
+            max_targets_length=cfg.data.max_targets_length,
+            pack=True,
+            inputs_length=cfg.data.max_inputs_length,
+            targets_length=cfg.data.max_targets_length,
+        )
     stream, val_sets = build_streams(cfg, tokenizer, objective, info.rank, info.world_size)
     if e.best_metric != "val_loss" and not e.best_metric.endswith("val_loss"):
         known = sorted({m for vs in val_sets for m in vs.metrics})
@@ -540,7 +554,7 @@ def _train(
                     raise DataError(
                         "the training data ran out; it should repeat: is the train split empty?"
                     ) from None
-                batch = collator(examples)
+                batch = train_collator(examples)
                 data_hash = _batch_hash(batch, data_hash)
                 batches.append(batch)
             local_targets = sum(int((b["labels"] != -100).sum()) for b in batches)
@@ -553,10 +567,12 @@ def _train(
                 n = int((batch["labels"] != -100).sum())
                 sync = D.set_grad_sync(train_model, i == len(batches) - 1)
                 with sync, _autocast(t.precision, device):
+                    packed = {k: batch[k] for k in PACKED_KEYS if k in batch}
                     out = forward_model(
                         input_ids=batch["input_ids"],
                         attention_mask=batch["attention_mask"],
                         labels=batch["labels"],
+                        **packed,
                     )
                     loss = out.loss * (n * scale)
                 loss.backward()
