@@ -8,6 +8,7 @@ Prints the median time per pass of each engine in fp32 and bf16 and the ratio t5
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument("--source", type=int, default=128)
     parser.add_argument("--target", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=15, help="timed passes of each engine (median)")
     args = parser.parse_args()
     set_threads(args.threads)
 
@@ -49,8 +50,19 @@ def main() -> None:
         with torch.inference_mode():
             ref = hf(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
             got = ours(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
-            t_hf = time_it(lambda m=hf: m(input_ids=ids, attention_mask=mask, labels=labels), repeat=args.repeat)
-            t_ours = time_it(lambda m=ours: m(input_ids=ids, attention_mask=mask, labels=labels), repeat=args.repeat)
+            # Calls alternate between the engines, so a drift in machine load hits both alike.
+            def run_hf(m=hf):
+                return m(input_ids=ids, attention_mask=mask, labels=labels)
+
+            def run_ours(m=ours):
+                return m(input_ids=ids, attention_mask=mask, labels=labels)
+
+            run_hf(), run_ours()
+            hf_times, our_times = [], []
+            for _ in range(args.repeat):
+                hf_times.append(time_it(run_hf, warmup=0, repeat=1))
+                our_times.append(time_it(run_ours, warmup=0, repeat=1))
+            t_hf, t_ours = statistics.median(hf_times), statistics.median(our_times)
         results[dtype_name] = (t_hf, t_ours)
         print(f"{dtype_name}: transformers {t_hf * 1000:8.1f} ms   t5kit {t_ours * 1000:8.1f} ms   "
               f"speed-up {t_hf / t_ours:5.2f}x   (loss {ref:.5f} vs {got:.5f})")
