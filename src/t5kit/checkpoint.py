@@ -315,7 +315,14 @@ def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> No
 
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o666 & ~_umask())  # the writer creates it private; a checkpoint is an ordinary file
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

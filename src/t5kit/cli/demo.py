@@ -94,11 +94,14 @@ def toy_demo(seconds: float = 25.0, seed: int = 0) -> float:
 
 
 def builtin_demo() -> None:
-    from t5kit.builtin import DEMO_INPUTS, load_builtin
+    from t5kit.builtin import BUILTIN_DIR, DEMO_INPUTS, load_builtin
 
     t0 = time.perf_counter()
     generator = load_builtin()
-    print(f"Loaded the built-in model in {time.perf_counter() - t0:.2f} s")
+    params = generator.model.num_parameters()
+    print(f"Loaded the built-in model ({params / 1e6:.1f}M parameters) in {time.perf_counter() - t0:.2f} s.")
+    print(f"It is a small model trained for about an hour on a CPU: it shows the pipeline, it does not translate "
+          f"well. Held-out scores and limits: {BUILTIN_DIR / 'MODEL_CARD.md'}\n")
     for text in DEMO_INPUTS:
         t0 = time.perf_counter()
         result = generator.generate([text])[0]
