@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plot",
         help="draw the loss and validation curves of a run into a PNG",
         description="Write RUN_DIR/curves.png from RUN_DIR/metrics.jsonl.",
+        epilog="example: t5kit plot runs/en-fr --output en-fr-curves.png",
     )
     p.add_argument("run_dir", help="a training run directory")
     p.add_argument("--output", help="PNG path (default: RUN_DIR/curves.png)")
