@@ -257,3 +257,74 @@ def test_packed_examples_match_the_same_examples_alone(preset_family, tmp_path):
         assert (leaky - out.logits).abs().max() > 1e-3
     with pytest.raises(ValueError, match="packed batches need"):
         model(input_ids=packed["input_ids"], labels=packed["labels"], encoder_segment_ids=packed["encoder_segment_ids"])
+
+
+# ---------------------------------------------------------------------------------------------- dropout
+# t5kit draws its dropout masks from 16-bit slices of 64-bit random words (faster than torch's Bernoulli
+# sampler); these tests hold it to what dropout must be: the right rate, unbiased slices, the right
+# scale, the matching gradient, reproducible from the seed.
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_dropout_mask_rate_and_independence(p):
+    from t5kit.model import dropout_keep_mask
+
+    torch.manual_seed(0)
+    n = 1_000_003  # not a multiple of the 4 slices per random word
+    keep = dropout_keep_mask((n,), p)
+    assert keep.dtype == torch.float32 and set(keep.unique().tolist()) <= {0.0, 1.0}
+    # 6 standard deviations of a binomial rate over n draws: a biased slice (e.g. a sign bit) fails this
+    assert abs(float(1 - keep.mean()) - p) < 6 * (p * (1 - p) / n) ** 0.5
+    usable = keep[: n // 4 * 4].view(-1, 4)  # the four slices of each random word
+    for s in range(4):
+        assert abs(float(1 - usable[:, s].mean()) - p) < 6 * (p * (1 - p) / usable.shape[0]) ** 0.5
+    both_dropped = float(((1 - keep[:-1]) * (1 - keep[1:])).mean())  # neighbours: independent, so p^2
+    assert abs(both_dropped - p * p) < 6 * (p * p * (1 - p * p) / n) ** 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_scales_kept_values_and_gradient(dtype):
+    from t5kit.model import dropout
+
+    torch.manual_seed(0)
+    x = (torch.rand(64, 257) + 0.5).to(dtype).requires_grad_()  # no exact zeros: zero means dropped
+    torch.manual_seed(1)
+    y = dropout(x, 0.1, True)
+    kept = y != 0
+    assert y.dtype == dtype and 0.08 < 1 - float(kept.float().mean()) < 0.12
+    torch.testing.assert_close(y[kept], (x[kept].float() / 0.9).to(dtype))
+    upstream = torch.randn(64, 257, dtype=dtype)
+    y.backward(upstream)
+    torch.testing.assert_close(x.grad, (upstream.float() * kept / 0.9).to(dtype))
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x.detach(), 0.1, True), y.detach())  # reproducible from the seed
+    assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        dropout(x, 1.0, True)
+
+
+def test_dropout_model_training_is_reproducible_and_checkpointing_replays_masks():
+    """Same seed, same loss and gradients; activation checkpointing (which re-runs the forward in backward
+    after restoring the RNG state) gives the same gradients as keeping activations."""
+    from t5kit.train.loop import enable_activation_checkpointing
+
+    config = T5Config.from_preset("tiny", dropout_rate=0.1)
+    ids = torch.randint(3, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(3, config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))
+
+    def grads(checkpointing: bool):
+        torch.manual_seed(0)
+        model = T5Model(config).train()
+        if checkpointing:
+            enable_activation_checkpointing(model)
+        torch.manual_seed(3)
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        return float(loss), model.shared.weight.grad.clone()
+
+    loss_a, grad_a = grads(False)
+    loss_b, grad_b = grads(False)
+    loss_c, grad_c = grads(True)
+    assert loss_a == loss_b and torch.equal(grad_a, grad_b)
+    assert loss_c == pytest.approx(loss_a, abs=1e-6)
+    torch.testing.assert_close(grad_c, grad_a, atol=1e-6, rtol=1e-5)
