@@ -4,8 +4,13 @@ Self-attention keys/values live in buffers preallocated to the longest sequence 
 are filled one step at a time (no reallocation per token). Cross-attention keys/values depend only on
 the encoder output, so they are computed once per source and reused at every step.
 
-Rows of the batch can be reordered (beam search) or dropped (finished sequences stop costing anything)
-with :meth:`DecoderCache.select`, which touches only the filled part of the self-attention buffers.
+Rows of the batch can be reordered or dropped (finished sequences stop costing anything) with
+:meth:`DecoderCache.select`, which touches only the filled part of the self-attention buffers.
+
+Beam search keeps one cross-attention row per input item, shared by its ``beams`` consecutive decoder
+rows (:meth:`expand_beams`, :meth:`reorder_beams`): the beams of an item attend to the same encoder
+output, so their cross keys/values are never copied per beam or reordered, and the decoder step attends
+with all of an item's beams as queries of one small matrix product.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class DecoderCache:
     # One entry for T5/mT5 (shared by all layers), one per layer for UMT5. [heads, max_length]
     self_bias_by_distance: list[torch.Tensor]
     length: int = 0  # positions already written
+    beams: int = 1  # consecutive decoder rows that share one cross-attention row (beam search)
 
     @property
     def max_length(self) -> int:
@@ -33,7 +39,14 @@ class DecoderCache:
 
     @property
     def batch_size(self) -> int:
-        return self.cross_bias.shape[0]
+        """Decoder rows (input items x beams)."""
+        return self.cross_bias.shape[0] * self.beams
+
+    def _take_self(self, buf: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        out = buf.new_empty((index.numel(), *buf.shape[1:]))
+        if self.length:
+            out[:, :, : self.length] = buf[:, :, : self.length].index_select(0, index)
+        return out
 
     def select(self, index: torch.Tensor) -> DecoderCache:
         """Keep (and reorder) batch rows by ``index``; returns a new cache, shares nothing mutable.
@@ -41,20 +54,50 @@ class DecoderCache:
         Only the filled prefix of the self-attention buffers is copied: the cost of a beam reorder
         grows with the tokens generated so far, not with the preallocated length.
         """
-        filled = self.length
-
-        def take_self(buf: torch.Tensor) -> torch.Tensor:
-            out = buf.new_empty((index.numel(), *buf.shape[1:]))
-            if filled:
-                out[:, :, :filled] = buf[:, :, :filled].index_select(0, index)
-            return out
-
+        if self.beams != 1:
+            raise ValueError("a beam cache reorders with reorder_beams(rows, items)")
         return DecoderCache(
-            self_k=[take_self(k) for k in self.self_k],
-            self_v=[take_self(v) for v in self.self_v],
+            self_k=[self._take_self(k, index) for k in self.self_k],
+            self_v=[self._take_self(v, index) for v in self.self_v],
             cross_k=[k.index_select(0, index) for k in self.cross_k],
             cross_v=[v.index_select(0, index) for v in self.cross_v],
             cross_bias=self.cross_bias.index_select(0, index),
             self_bias_by_distance=self.self_bias_by_distance,
             length=self.length,
+        )
+
+    def expand_beams(self, beams: int) -> DecoderCache:
+        """Give each row ``beams`` decoder rows (copies of its self-attention state) sharing its cross row."""
+        if self.beams != 1:
+            raise ValueError("cache already holds beams")
+        rows = torch.arange(self.cross_bias.shape[0], device=self.cross_bias.device).repeat_interleave(beams)
+        return DecoderCache(
+            self_k=[self._take_self(k, rows) for k in self.self_k],
+            self_v=[self._take_self(v, rows) for v in self.self_v],
+            cross_k=self.cross_k,
+            cross_v=self.cross_v,
+            cross_bias=self.cross_bias,
+            self_bias_by_distance=self.self_bias_by_distance,
+            length=self.length,
+            beams=beams,
+        )
+
+    def reorder_beams(self, rows: torch.Tensor, items: torch.Tensor | None = None) -> DecoderCache:
+        """Beam search reorder: new decoder row r continues old row ``rows[r]``; ``items`` (old item
+        indices, in order) keeps only those items' cross rows, None keeps them all. Each new group of
+        ``beams`` rows must come from the one item the group belongs to."""
+        cross_k, cross_v, cross_bias = self.cross_k, self.cross_v, self.cross_bias
+        if items is not None:
+            cross_k = [k.index_select(0, items) for k in cross_k]
+            cross_v = [v.index_select(0, items) for v in cross_v]
+            cross_bias = cross_bias.index_select(0, items)
+        return DecoderCache(
+            self_k=[self._take_self(k, rows) for k in self.self_k],
+            self_v=[self._take_self(v, rows) for v in self.self_v],
+            cross_k=cross_k,
+            cross_v=cross_v,
+            cross_bias=cross_bias,
+            self_bias_by_distance=self.self_bias_by_distance,
+            length=self.length,
+            beams=self.beams,
         )

@@ -472,7 +472,7 @@ def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: Gen
     # then give each beam its own copy of the cache.
     logits = model.decode_step(running_sequences[:, 0, :1], cache)[:, -1].float()
     logits = logits.repeat_interleave(K, 0)
-    cache = cache.select(torch.arange(batch, device=device).repeat_interleave(K))
+    cache = cache.expand_beams(K)
     cur_len = 1
     while True:
         b = items.numel()
@@ -551,12 +551,13 @@ def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: Gen
             sequences, beam_scores = sequences[keep], beam_scores[keep]
             is_sent_finished, unsatisfied = is_sent_finished[keep], unsatisfied[keep]
             source_beam = source_beam[keep]
-            row_items = keep
+            row_items, cross_items = keep, keep
         else:
-            row_items = torch.arange(items.numel(), device=device)
-        # reorder the cache: row (item i, beam j) continues old row (old item index, source beam)
+            row_items, cross_items = torch.arange(items.numel(), device=device), None
+        # reorder the cache: row (item i, beam j) continues old row (old item index, source beam); the
+        # cross-attention rows move only when items leave
         rows = (row_items[:, None] * K + source_beam).reshape(-1)
-        cache = cache.select(rows)
+        cache = cache.reorder_beams(rows, cross_items)
         logits = model.decode_step(running_sequences.view(-1, max_len)[:, cur_len - 1: cur_len], cache)[:, -1].float()
 
     nrs = cfg.num_return_sequences
