@@ -349,3 +349,35 @@ def test_generator_stream_pieces_join_to_the_text(text_generator):
         full = gen.generate(text, max_new_tokens=16, suppress_tokens=[1])[0]
         assert "".join(pieces) == full.text
         assert len(pieces) > 3 and not pieces[0].startswith(" ")  # word starts become spaces, not the first
+
+
+def test_beam_cache_shares_cross_rows_and_reorders_like_per_row_caches(model):
+    """A beam cache (one cross-attention row per item, shared by its beams) decodes and reorders exactly like
+    a cache that holds a copy of everything per beam row."""
+    torch.manual_seed(0)
+    beams = 3
+    ids = torch.randint(3, 200, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # padded source: the shared cross row must carry its own mask
+    with torch.no_grad():
+        encoded = model.encode(ids, mask)
+        shared = model.new_cache(encoded, mask, max_length=4).expand_beams(beams)
+        per_row = model.new_cache(encoded, mask, max_length=4).select(torch.arange(2).repeat_interleave(beams))
+        assert shared.cross_k[0].shape[0] == 2 and per_row.cross_k[0].shape[0] == 2 * beams
+        assert shared.batch_size == per_row.batch_size == 2 * beams
+        start = torch.zeros(2 * beams, 1, dtype=torch.long)
+        torch.testing.assert_close(model.decode_step(start, shared), model.decode_step(start, per_row),
+                                   atol=1e-5, rtol=1e-5)
+        rows = torch.tensor([2, 0, 0, 4, 5, 3])  # each group of 3 rows continues rows of its own item
+        shared, per_row = shared.reorder_beams(rows), per_row.select(rows)
+        step = torch.randint(3, 200, (2 * beams, 1))
+        torch.testing.assert_close(model.decode_step(step, shared), model.decode_step(step, per_row),
+                                   atol=1e-5, rtol=1e-5)
+        keep = torch.tensor([1])  # item 0 leaves: its cross row goes, item 1's beams stay
+        shared = shared.reorder_beams(torch.tensor([3, 4, 5]), keep)
+        per_row = per_row.select(torch.tensor([3, 4, 5]))
+        step = torch.randint(3, 200, (beams, 1))
+        torch.testing.assert_close(model.decode_step(step, shared), model.decode_step(step, per_row),
+                                   atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="reorder_beams"):
+            shared.select(torch.tensor([0]))

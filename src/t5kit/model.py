@@ -321,7 +321,14 @@ class DecoderLayer(nn.Module):
         x = _clamp_fp16(x + self.dropout(out), x.dtype)
         cross = self.cross_attn
         h = self.cross_attn_norm(x)
-        out = cross.attend(cross.heads(cross.q(h)), cache.cross_k[index], cache.cross_v[index], cache.cross_bias)
+        q = cross.q(h)
+        if cache.beams == 1:
+            out = cross.attend(cross.heads(q), cache.cross_k[index], cache.cross_v[index], cache.cross_bias)
+        else:  # the beams of an item are the queries of one attention over that item's encoder output
+            rows, beams = q.shape[0], cache.beams
+            q = q.view(rows // beams, beams * new, cross.num_heads, cross.d_kv).transpose(1, 2)
+            out = cross.attend(q, cache.cross_k[index], cache.cross_v[index], cache.cross_bias)
+            out = out.view(rows, new, -1)
         x = _clamp_fp16(x + self.dropout(out), x.dtype)
         return _clamp_fp16(x + self.dropout(self.ffn(self.ffn_norm(x))), x.dtype)
 
