@@ -100,11 +100,14 @@ def builtin_demo() -> None:
     generator = load_builtin()
     params = generator.model.num_parameters()
     print(f"Loaded the built-in model ({params / 1e6:.1f}M parameters) in {time.perf_counter() - t0:.2f} s.")
-    print(f"It is a small model trained for about an hour on a CPU: it shows the pipeline, it does not translate "
-          f"well. Held-out scores and limits: {BUILTIN_DIR / 'MODEL_CARD.md'}\n")
+    print("A small model trained from scratch on a 2-core CPU in about 2.7 hours: held-out BLEU 24.7 en->fr, "
+          f"21.3 en->de (beam 4); it gets short messages right and longer ones wrong. Scores and limits: "
+          f"{BUILTIN_DIR / 'MODEL_CARD.md'}\n")
     for text in DEMO_INPUTS:
         t0 = time.perf_counter()
-        result = generator.generate([text])[0]
+        # translations with beam 4, as the card's scores were measured; definitions greedy
+        decoding = {"num_beams": 4} if text.startswith("translate ") else {}
+        result = generator.generate([text], **decoding)[0]
         print(f"{text}\n  -> {result.text}   ({(time.perf_counter() - t0) * 1000:.0f} ms, "
               f"{result.output_tokens} tokens)")
 
