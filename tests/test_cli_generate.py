@@ -102,3 +102,35 @@ def test_bad_input_is_one_readable_line(checkpoint, tmp_path, args, code, messag
     assert message in out.stderr
     if code == 1:
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_evaluate_batches_by_length_over_the_whole_split_and_keeps_file_order(tmp_path):
+    """A generator that answers each input with itself (the copy baseline of recipes/builtin) shows which
+    inputs were batched together and whether the predictions come back in file order."""
+    from t5kit.data import get_task, load_tasks
+    from t5kit.evaluate import evaluate
+
+    words = ["a", "bbbbbbbbbbbb", "cc", "ddddddddd", "eeee", "f", "gggggggggggggggg", "hhh", "iiiiiii"]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"en": w, "de": w.upper()}) + "\n" for w in words))
+    (tmp_path / "tasks.yaml").write_text(
+        "tasks:\n  - name: echo_order\n    kind: translation\n    source: {test: test.jsonl}\n"
+        "    source_lang: en\n    target_lang: de\n    metrics: [exact_match]\n")
+    load_tasks(tmp_path / "tasks.yaml")
+
+    class Echo:
+        def __init__(self):
+            self.batches: list[list[str]] = []
+
+        def generate(self, texts, batch_size=32, **_):
+            self.batches.append(list(texts))
+            return [type("R", (), {"text": t, "stop_reason": "eos"})() for t in texts]
+
+    echo = Echo()
+    result = evaluate(echo, get_task("echo_order"), "test", batch_size=3, progress=False)
+    assert [row["prediction"] for row in result.predictions] == [row["inputs"] for row in result.predictions]
+    assert [row["target"] for row in result.predictions] == [w.upper() for w in words]  # file order
+    lengths = [[len(t) for t in batch] for batch in echo.batches]
+    assert [len(b) for b in lengths] == [3, 3, 3]
+    flat = [n for b in lengths for n in b]
+    assert flat == sorted(flat)  # batches cut from the whole split sorted by length
+    assert result.metrics["exact_match"] == 0.0

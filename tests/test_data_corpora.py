@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import missing_system_part
 
 from t5kit.data import ListSource, span_corruption_lengths
 from t5kit.data.corpora import import_gettext, import_text, import_wordnet, read_mo, split_of, strip_accelerators
@@ -14,7 +15,7 @@ from t5kit.data.corpora.gettext import clean_pair, placeholders
 from t5kit.data.tasks import get_task, load_tasks, span_corruption_task
 from t5kit.errors import DataError
 
-VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
 
 
 def t5_tokenizer():
@@ -49,7 +50,7 @@ def read_jsonl(path):
 @pytest.fixture(scope="module")
 def gettext_out(tmp_path_factory):
     if not list(Path("/usr/share/locale/fr/LC_MESSAGES").glob("*.mo")):
-        pytest.skip("no French gettext catalogues on this machine")
+        missing_system_part("no French gettext catalogues on this machine")
     out = tmp_path_factory.mktemp("gettext")
     return out, import_gettext(out, langs=("fr", "de"))
 
@@ -89,7 +90,7 @@ def test_gettext_tasks_file_feeds_a_task(gettext_out):
 def test_mo_parsing_and_cleaning(tmp_path):
     mo = sorted(Path("/usr/share/locale/fr/LC_MESSAGES").glob("*.mo"))
     if not mo:
-        pytest.skip("no French gettext catalogues on this machine")
+        missing_system_part("no French gettext catalogues on this machine")
     header, pairs = read_mo(mo[0])
     assert pairs and all(isinstance(a, str) and "\x00" not in a for a, _ in pairs)
     assert strip_accelerators("_File") == "File"
@@ -109,7 +110,7 @@ def test_mo_parsing_and_cleaning(tmp_path):
 
 def test_wordnet_import(tmp_path):
     if not Path("/usr/share/wordnet/data.noun").exists():
-        pytest.skip("apt package wordnet-base is not installed")
+        missing_system_part("apt package wordnet-base is not installed")
     m = import_wordnet(tmp_path)
     assert m["total"] > 100_000
     recs = {r["word"]: r for s in ("train", "validation", "test") for r in read_jsonl(tmp_path / f"{s}.jsonl")}
@@ -133,7 +134,7 @@ def test_missing_package_names_it(tmp_path):
 ])
 def test_text_import(tmp_path, source, package, path):
     if not Path(path).exists():
-        pytest.skip(f"apt package {package} is not installed")
+        missing_system_part(f"apt package {package} is not installed")
     m = import_text(tmp_path, sources=[source], limit=40)
     docs = [r for s in ("train", "validation", "test") for r in read_jsonl(tmp_path / f"{s}.jsonl")]
     assert len(docs) == m["totals"]["documents"] == 40
@@ -172,7 +173,7 @@ def test_cli_import_stats_preview(tmp_path, capsys):
     sub = parser.add_subparsers(dest="command")
     data_cli.register(sub)
     if not shutil.which("dpkg") or not Path("/usr/share/doc/debian-handbook/html/en-US").exists():
-        pytest.skip("apt package debian-handbook is not installed")
+        missing_system_part("apt package debian-handbook is not installed")
     args = parser.parse_args(["data", "import", "text", "--out", str(tmp_path), "--source", "handbook",
                               "--limit", "3"])
     assert args.func(args) == 0

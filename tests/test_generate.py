@@ -24,7 +24,7 @@ SCORE_ATOL = 1e-4
 # family -> (EOS row factor, tied only: embedding row norm and decoder wo factor)
 BOOST = {"v1.0-relu-tied": (1.9, 3.0, 5.0), "v1.1-gated-untied": (1.6, None, None),
          "umt5-per-layer-bias": (1.3, None, None), "byt5-like-asymmetric": (6.0, None, None)}
-VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
 
 
 def boosted_hf_model(family: str):
@@ -304,8 +304,7 @@ def test_length_limit_is_reported(model):
 
 @pytest.fixture(scope="module")
 def text_generator():
-    if not (VOCAB / "spiece.model").exists():
-        pytest.skip(f"the real T5 vocabulary is not at {VOCAB}")
+    assert (VOCAB / "spiece.model").is_file(), f"the T5 vocabulary is missing from {VOCAB}"
     from t5kit import T5Config
     from t5kit.tokenizer import Tokenizer
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import missing_system_part
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -201,10 +202,7 @@ class Browser:
 @pytest.mark.slow
 def test_playground_generates_in_a_real_browser(tmp_path):
     if not Path(CHROMIUM).exists():
-        message = "chromium is not installed (Debian: apt-get install -y chromium)"
-        if os.environ.get("CI"):  # .ci/run installs it: on CI its absence is a failure, not a skip
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_system_part("chromium is not installed (Debian: apt-get install -y chromium)")
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny-t5")
     server = Server(checkpoint, tmp_path / "server.log")
     browser = None

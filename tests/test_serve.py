@@ -25,7 +25,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
 METRIC_LINE = r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [0-9.e+-]+|\+Inf'
 # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: exit status 0 or "killed by SIGTERM".
 CLEAN_EXIT = (0, -signal.SIGTERM)
@@ -39,8 +39,7 @@ def save_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
 
     from t5kit import T5Model
 
-    if not (VOCAB / "spiece.model").exists():
-        pytest.skip(f"the T5 vocabulary is not at {VOCAB}")
+    assert (VOCAB / "spiece.model").is_file(), f"the T5 vocabulary is missing from {VOCAB}"
     torch.manual_seed(seed)
     T5Model.from_preset("tiny").save_pretrained(str(directory))
     shutil.copy(VOCAB / "spiece.model", directory / "spiece.model")

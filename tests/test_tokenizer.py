@@ -20,11 +20,8 @@ import pytest
 from t5kit.errors import TokenizerError
 from t5kit.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
-VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
-needs_vocab = pytest.mark.skipif(
-    not (VOCAB / "spiece.model").is_file(),
-    reason=f"the real T5 vocabulary {VOCAB} is absent (check out ../shared beside the repository)",
-)
+VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
+assert (VOCAB / "spiece.model").is_file(), f"the T5 vocabulary is missing from {VOCAB}"
 SPECIAL_RE = re.compile(r"<extra_id_\d+>|</s>|<pad>|<unk>")
 
 EDGE_CASES = [
@@ -167,7 +164,6 @@ def test_corpus_is_large_and_varied():
     assert checks["non-ascii"] > 1000
 
 
-@needs_vocab
 @pytest.mark.parametrize(
     "text, expected",
     [  # shared/T5_SPEC.md section 4
@@ -184,7 +180,6 @@ def test_spec_reference_ids(text, expected):
     assert tok().batch_encode([text, text]) == [expected, expected]
 
 
-@needs_vocab
 def test_layout_matches_spec():
     t = tok()
     assert (t.pad_token_id, t.eos_token_id, t.unk_token_id) == (0, 1, 2)
@@ -197,7 +192,6 @@ def test_layout_matches_spec():
         t.sentinel_id(100)
 
 
-@needs_vocab
 def test_identical_to_sentencepiece_plus_eos():
     """What the original T5 pipeline fed the model: SentencePiece's ids, EOS appended."""
     texts = plain_texts()
@@ -211,7 +205,6 @@ def test_identical_to_sentencepiece_plus_eos():
     assert tok(legacy=True).batch_encode(texts) == reference  # legacy changes nothing without specials
 
 
-@needs_vocab
 def test_repeated_texts_are_encoded_once_but_rows_stay_independent():
     texts = plain_texts()[:50] * 4 + ["Hello <extra_id_0> world"] * 10  # mostly repeats: the cached path
     reference = [spm().encode(t) + [1] for t in texts[:200]] + [[8774, 32099, 296, 1]] * 10
@@ -222,7 +215,6 @@ def test_repeated_texts_are_encoded_once_but_rows_stay_independent():
     assert ids[50] == reference[50] and ids[-2] == reference[-2]
 
 
-@needs_vocab
 def test_pickles_for_dataloader_workers():
     import pickle
 
@@ -232,7 +224,6 @@ def test_pickles_for_dataloader_workers():
         assert clone.encode(text) == tok(legacy).encode(text) and clone.legacy == legacy
 
 
-@needs_vocab
 def test_identical_to_transformers_t5tokenizer():
     hf = hf_t5()
     texts = plain_texts()
@@ -248,7 +239,6 @@ def test_identical_to_transformers_t5tokenizer():
     assert len(bad) <= len(texts) // 1000
 
 
-@needs_vocab
 def test_mismatches_against_t5tokenizerfast_on_tokenizer_json(tmp_path):
     """tokenizer.json's own pipeline (what 4.x T5TokenizerFast and any tokenizers user runs) vs t5kit.
 
@@ -289,7 +279,6 @@ def _whitespace_ends_explain(raw, text: str, ours: list[int], theirs: list[int])
     return raw.encode(normalised.strip(" ")).ids == ours or _near_tie(text, ours, raw.encode(normalised.strip(" ")).ids)
 
 
-@needs_vocab
 def test_tokenizer_json_without_spiece_model(tmp_path):
     shutil.copy(VOCAB / "tokenizer.json", tmp_path / "tokenizer.json")
     from_json = Tokenizer.from_pretrained(tmp_path)
@@ -359,7 +348,6 @@ def _slow_nonlegacy_reference(text: str) -> list[int]:
     return ids if ids and ids[-1] == 1 else ids + [1]
 
 
-@needs_vocab
 def test_inline_sentinels_default_non_legacy():
     assert tok().encode("Hello <extra_id_0>.") == [8774, 32099, 5, 1]  # T5_SPEC.md section 4
     texts = _sentinel_texts()
@@ -377,7 +365,6 @@ def test_inline_sentinels_default_non_legacy():
     assert tok().encode("a<extra_id_0>\tb") == tok().encode("a<extra_id_0> b")
 
 
-@needs_vocab
 def test_inline_sentinels_legacy_equal_transformers():
     hf = hf_t5()
     assert tok(legacy=True).encode("Hello <extra_id_0>.") == [8774, 32099, 3, 5, 1]  # T5_SPEC.md section 4
@@ -396,7 +383,6 @@ def test_inline_sentinels_legacy_equal_transformers():
 # ---------------------------------------------------------------------------------- decoding
 
 
-@needs_vocab
 def test_round_trip_equals_normalised_text():
     sp = spm()
     texts = plain_texts()
@@ -416,7 +402,6 @@ def test_round_trip_equals_normalised_text():
     ]
 
 
-@needs_vocab
 def test_decode_specials_and_tensors():
     torch = pytest.importorskip("torch")
     t = tok()
@@ -435,7 +420,6 @@ def test_decode_specials_and_tensors():
 # ---------------------------------------------------------------------------------- batches
 
 
-@needs_vocab
 def test_batch_call_padding_labels_and_truncation():
     torch = pytest.importorskip("torch")
     hf = hf_t5()
@@ -590,7 +574,6 @@ def test_load_tokenizer_rule(tmp_path):
 # ---------------------------------------------------------------------------------- bad input
 
 
-@needs_vocab
 def test_bad_input_raises_clear_errors(tmp_path, monkeypatch):
     t = tok()
     for bad in (None, 3, b"bytes", ["ok", 4]):

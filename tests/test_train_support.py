@@ -15,14 +15,13 @@ from t5kit.errors import ConfigError
 from t5kit.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-T5_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+T5_VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 NOMBRES = ["zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf"]
 
 
 def require_vocab() -> Path:
-    if not (T5_VOCAB / "spiece.model").exists():
-        pytest.skip(f"the real T5 vocabulary is not at {T5_VOCAB}")
+    assert (T5_VOCAB / "spiece.model").is_file(), f"the T5 vocabulary is missing from {T5_VOCAB}"
     return T5_VOCAB
 
 

@@ -67,19 +67,25 @@ def evaluate(generator: Any, task: Any, split: str = "test", *, metrics: list[st
     examples = task_examples(task, split, max_examples, skip_bad)
     names = list(metrics or task.metrics or ["exact_match"])
     start = time.perf_counter()
-    results = []
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(examples), desc=f"eval {task.name}/{split}", unit="ex")
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
-        results.extend(generator.generate([e["inputs"] for e in chunk], batch_size=batch_size, **decoding))
+    # Batches of similar length over the whole split (the generator sorts only within what it is given),
+    # so short inputs are not padded to a long neighbour's length; results go back to the split's order.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["inputs"]))
+    by_position: list[Any] = [None] * len(examples)
+    for i in range(0, len(order), batch_size):
+        chunk = order[i : i + batch_size]
+        outputs = generator.generate([examples[j]["inputs"] for j in chunk], batch_size=batch_size, **decoding)
+        for j, out in zip(chunk, outputs):
+            by_position[j] = out
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    results = by_position
     seconds = time.perf_counter() - start
     post = task.postprocess or (lambda text: text)
     predictions = [str(post(r.text)) for r in results]
