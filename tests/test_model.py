@@ -12,7 +12,7 @@ import torch
 from hf_models import FAMILIES, build_hf_model, padded_batch
 
 from t5kit import T5Config, T5Model
-from t5kit.model import relative_position_bucket, shift_right
+from t5kit.model import Attention, relative_position_bucket, shift_right
 
 ATOL = 1e-5
 
@@ -82,6 +82,13 @@ def test_logits_loss_and_encoder_states_match_transformers(family_checkpoint):
 def test_gradients_match_transformers(family_checkpoint):
     family, hf, directory = family_checkpoint
     model = T5Model.from_pretrained(directory)
+    # Training mode (a tied model then takes the sparse embedding gradient) with dropout off to compare.
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(module, Attention):
+            module.dropout = 0.0
     ids, mask, labels = padded_batch(hf.config.vocab_size)
     hf.zero_grad()
     hf(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
@@ -328,3 +335,84 @@ def test_dropout_model_training_is_reproducible_and_checkpointing_replays_masks(
     assert loss_a == loss_b and torch.equal(grad_a, grad_b)
     assert loss_c == pytest.approx(loss_a, abs=1e-6)
     torch.testing.assert_close(grad_c, grad_a, atol=1e-6, rtol=1e-5)
+
+
+def _relu_tied_tiny(dropout_rate: float) -> T5Config:
+    return T5Config.from_preset("tiny", feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=dropout_rate)
+
+
+def test_fused_relu_dropout_matches_relu_then_dropout():
+    """The relu feed-forward fuses relu and dropout and applies 1/(1-p) after wo: same values and gradients
+    as relu, mask, scale, wo done one by one with the same mask (fp32; 1e-5, as the scale is applied at a
+    different point, so sums round differently)."""
+    from t5kit.model import FeedForward, dropout_keep_mask
+
+    config = _relu_tied_tiny(0.1)
+    torch.manual_seed(0)
+    ffn = FeedForward(config).train()
+    x = torch.randn(3, 7, config.d_model, requires_grad=True)
+    upstream = torch.randn(3, 7, config.d_model)
+    params = (x, ffn.wi.weight, ffn.wo.weight)
+    torch.manual_seed(5)
+    out = ffn(x)
+    grads = torch.autograd.grad(out, params, upstream)
+    torch.manual_seed(5)
+    keep = dropout_keep_mask((3, 7, config.d_ff), 0.1)
+    assert 0 < float(keep.mean()) < 1
+    ref = ffn.wo(torch.relu(ffn.wi(x)) * keep / 0.9)
+    ref_grads = torch.autograd.grad(ref, params, upstream)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for ours, theirs in zip(grads, ref_grads):
+        assert theirs.abs().max() > 0
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ffn.eval()(x), ffn.wo(torch.relu(ffn.wi(x))))  # eval: no dropout, no scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_dropout_add_matches_add_of_dropout(dtype):
+    """``Dropout.add_to(residual, x)`` is residual + dropout(x) in one pass; the residual stays float32
+    when x is bf16 (as under autocast), and each gets its own gradient in its own dtype."""
+    from t5kit.model import Dropout, dropout_keep_mask
+
+    drop = Dropout(0.1).train()
+    residual = torch.randn(4, 9, 32, requires_grad=True)
+    x = torch.randn(4, 9, 32).to(dtype).requires_grad_()
+    upstream = torch.randn(4, 9, 32)
+    torch.manual_seed(11)
+    out = drop.add_to(residual, x)
+    grad_residual, grad_x = torch.autograd.grad(out, (residual, x), upstream)
+    torch.manual_seed(11)
+    keep = dropout_keep_mask(x.shape, 0.1, dtype)
+    assert out.dtype == torch.float32 and grad_x.dtype == dtype
+    torch.testing.assert_close(out, residual + x.float() * keep.float() / 0.9, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grad_residual, upstream)
+    torch.testing.assert_close(grad_x, (upstream * keep.float() / 0.9).to(dtype))
+    assert torch.equal(drop.eval().add_to(residual, x), residual + x)
+
+
+def test_tied_training_gradient_is_dense_and_equals_the_dense_lookup():
+    """Training a tied model looks up embeddings with a sparse gradient that the head's dense gradient
+    absorbs; the parameter still ends with a dense gradient equal (1e-6) to the plain lookup's, also when
+    the loss never reaches the head and across gradient accumulation."""
+    config = _relu_tied_tiny(0.0)
+    torch.manual_seed(0)
+    model = T5Model(config)
+    ids = torch.randint(3, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(3, config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))
+
+    def grad(train: bool, loss_of, backward_passes: int = 1) -> torch.Tensor:
+        model.train(train)
+        model.zero_grad(set_to_none=True)
+        for _ in range(backward_passes):
+            loss_of(model(input_ids=ids, labels=labels)).backward()
+        g = model.shared.weight.grad
+        assert g is not None and g.layout == torch.strided
+        return g.clone()
+
+    for loss_of in (lambda out: out.loss, lambda out: out.encoder_hidden_states.pow(2).sum()):
+        sparse_path = grad(True, loss_of)
+        dense_path = grad(False, loss_of)  # eval mode: the plain lookup (dropout is 0, so the same forward)
+        assert dense_path.abs().max() > 0
+        torch.testing.assert_close(sparse_path, dense_path, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad(True, lambda out: out.loss, 2), 2 * grad(False, lambda out: out.loss),
+                               atol=1e-6, rtol=1e-5)

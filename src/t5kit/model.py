@@ -149,6 +149,53 @@ class Dropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)
 
+    def add_to(self, residual: Tensor, x: Tensor) -> Tensor:
+        """``residual + self(x)`` in one pass over memory (addcmul with the mask) instead of two."""
+        if not self.training or self.p == 0.0:
+            return residual + x
+        return _DropoutAdd.apply(residual, x, self.p)
+
+
+class _DropoutAdd(torch.autograd.Function):
+    """residual + dropout(x): the residual's gradient passes through untouched."""
+
+    @staticmethod
+    def forward(ctx, residual: Tensor, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        random16 = _random_int16(x.numel(), x.device)
+        keep = _keep_from(random16, p, x.dtype).view(x.shape)
+        ctx.p, ctx.scale, ctx.x_dtype = p, 1.0 / (1.0 - p), x.dtype
+        ctx.save_for_backward(keep if keep.element_size() <= 2 else random16)
+        return torch.addcmul(residual, x, keep, value=ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        (saved,) = ctx.saved_tensors
+        keep = saved if saved.dtype == ctx.x_dtype else _keep_from(saved, ctx.p, ctx.x_dtype).view(grad.shape)
+        return grad, torch.addcmul(grad.new_zeros(()), grad, keep, value=ctx.scale).to(ctx.x_dtype), None
+
+
+class _ReluDropoutUnscaled(torch.autograd.Function):
+    """relu(h) * keep, in place on ``h`` (a fresh matmul output nobody else holds), WITHOUT the 1/(1-p) scale.
+
+    The caller applies the scale to the next projection's output, 4x smaller for T5's d_ff = 4 d_model.
+    The output is > 0 exactly where relu passed and dropout kept, so the backward of both is one
+    threshold on the saved output, which the next projection saves anyway: no mask is stored and no
+    random numbers are drawn again.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        keep = dropout_keep_mask(h.shape, p, h.dtype, h.device)
+        out = h.relu_().mul_(keep)
+        ctx.mark_dirty(h)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
+
 
 def _autocast_input(x: Tensor) -> Tensor:
     """Under autocast, cast an activation once where several linear layers read it (q/k/v, wi_0/wi_1):
@@ -243,16 +290,23 @@ class FeedForward(nn.Module):
         self.act = _ACTIVATION_FUNCTIONS[config.activation]
 
     def forward(self, x: Tensor) -> Tensor:
+        scale = None
         if self.gated:
             x = _autocast_input(x)
-            h = self.act(self.wi_0(x)) * self.wi_1(x)
+            h = self.dropout(self.act(self.wi_0(x)) * self.wi_1(x))
+        elif self.act is F.relu and self.dropout.training and self.dropout.p > 0.0:
+            # The scale moves past wo: wo(relu(h) * keep) / (1 - p), equal up to rounding.
+            h = _ReluDropoutUnscaled.apply(self.wi(x), self.dropout.p)
+            scale = 1.0 / (1.0 - self.dropout.p)
         else:
-            h = self.act(self.wi(x))
-        h = self.dropout(h)
+            h = self.dropout(self.act(self.wi(x)))
         wo_dtype = _weight_dtype(self.wo, h.dtype)
+        out = self.wo(h.to(wo_dtype))
+        if scale is not None:
+            out = out * scale
         if h.dtype != wo_dtype:  # fp16 models keep wo in fp32: its output overflows fp16
-            return _clamp_fp16(self.wo(h.to(wo_dtype)), x.dtype)
-        return self.wo(h)
+            return _clamp_fp16(out, x.dtype)
+        return out
 
 
 def _weight_dtype(linear: nn.Module, default: torch.dtype) -> torch.dtype:
@@ -288,8 +342,8 @@ class EncoderLayer(nn.Module):
         self.dropout = Dropout(config.dropout_rate)
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        x = _clamp_fp16(x + self.dropout(self.self_attn(self.self_attn_norm(x), bias)), x.dtype)
-        return _clamp_fp16(x + self.dropout(self.ffn(self.ffn_norm(x))), x.dtype)
+        x = _clamp_fp16(self.dropout.add_to(x, self.self_attn(self.self_attn_norm(x), bias)), x.dtype)
+        return _clamp_fp16(self.dropout.add_to(x, self.ffn(self.ffn_norm(x))), x.dtype)
 
 
 class DecoderLayer(nn.Module):
@@ -304,9 +358,9 @@ class DecoderLayer(nn.Module):
         self.dropout = Dropout(config.dropout_rate)
 
     def forward(self, x: Tensor, self_bias: Tensor, memory: Tensor, cross_bias: Tensor) -> Tensor:
-        x = _clamp_fp16(x + self.dropout(self.self_attn(self.self_attn_norm(x), self_bias)), x.dtype)
-        x = _clamp_fp16(x + self.dropout(self.cross_attn(self.cross_attn_norm(x), cross_bias, memory)), x.dtype)
-        return _clamp_fp16(x + self.dropout(self.ffn(self.ffn_norm(x))), x.dtype)
+        x = _clamp_fp16(self.dropout.add_to(x, self.self_attn(self.self_attn_norm(x), self_bias)), x.dtype)
+        x = _clamp_fp16(self.dropout.add_to(x, self.cross_attn(self.cross_attn_norm(x), cross_bias, memory)), x.dtype)
+        return _clamp_fp16(self.dropout.add_to(x, self.ffn(self.ffn_norm(x))), x.dtype)
 
     def step(self, x: Tensor, cache: DecoderCache, index: int, self_bias: Tensor) -> Tensor:
         """Cached decoding of new positions ``cache.length ..``: writes their keys/values into the cache."""
@@ -334,6 +388,23 @@ class DecoderLayer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- the model
+
+
+def _densify_sparse_grad(weight: nn.Parameter) -> None:
+    """Make sure ``weight.grad`` ends dense, as optimisers and DDP expect (registered once per parameter).
+
+    A loss that reaches the tied weight only through the embedding (say, from the encoder's output alone)
+    would otherwise leave a sparse gradient; with the usual loss the head's dense gradient absorbed it.
+    """
+    if getattr(weight, "_t5kit_densifies_grad", False):
+        return
+
+    def densify(parameter: Tensor) -> None:
+        if parameter.grad is not None and parameter.grad.layout != torch.strided:
+            parameter.grad = parameter.grad.to_dense()
+
+    weight.register_post_accumulate_grad_hook(densify)
+    weight._t5kit_densifies_grad = True  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -576,6 +647,27 @@ class T5Model(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         return self.encoder(self.shared(input_ids), attention_mask)
 
+    def _embed(self, ids: Tensor) -> Tensor:
+        """Embedding lookup; when training a tied model, its gradient is sparse (the looked-up rows only).
+
+        The tied head's gradient is dense anyway, and autograd adds the sparse rows into it in place. A dense
+        embedding gradient would cost a zero-filled vocab x d_model buffer, a scatter into it and an
+        out-of-place sum of two such matrices per step (64 MB each for t5-small). Plain leaf parameters only:
+        FSDP's sharded parameters and torch.compile keep the dense path.
+        """
+        weight = self.shared.weight
+        if (
+            self.training
+            and self.tied
+            and torch.is_grad_enabled()
+            and weight.requires_grad
+            and type(weight) is nn.Parameter
+            and not torch.compiler.is_compiling()
+        ):
+            _densify_sparse_grad(weight)
+            return F.embedding(ids, weight, sparse=True)
+        return self.shared(ids)
+
     def lm_logits(self, decoder_hidden: Tensor) -> Tensor:
         if self.config.rescale_decoder_output:
             decoder_hidden = decoder_hidden * (self.config.d_model**-0.5)
@@ -629,7 +721,7 @@ class T5Model(nn.Module):
             # One lookup for both sides: the embedding's backward then fills and scatters into one dense
             # vocab x d_model gradient instead of two that autograd must add up.
             n = input_ids.numel()
-            both = self.shared(torch.cat((input_ids.reshape(-1), decoder_input_ids.reshape(-1))))
+            both = self._embed(torch.cat((input_ids.reshape(-1), decoder_input_ids.reshape(-1))))
             encoder_embeddings = both[:n].view(*input_ids.shape, -1)
             decoder_embeddings = both[n:].view(*decoder_input_ids.shape, -1)
             encoder_hidden_states = self.encoder(encoder_embeddings, attention_mask, packing)
