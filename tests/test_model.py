@@ -391,20 +391,25 @@ def test_residual_dropout_add_matches_add_of_dropout(dtype):
 
 
 def test_tied_training_gradient_is_dense_and_equals_the_dense_lookup():
-    """Training a tied model looks up embeddings with a sparse gradient that the head's dense gradient
-    absorbs; the parameter still ends with a dense gradient equal (1e-6) to the plain lookup's, also when
-    the loss never reaches the head and across gradient accumulation."""
+    """Training a tied model adds the lookup's gradient rows into the head's weight gradient in place
+    (model.TiedGradient); the result equals (1e-6) the plain lookup + linear head's, also when the loss
+    never reaches the head, when the decoder's lookup is separate, and across gradient accumulation."""
     config = _relu_tied_tiny(0.0)
     torch.manual_seed(0)
     model = T5Model(config)
     ids = torch.randint(3, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
     labels = torch.randint(3, config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))
 
-    def grad(train: bool, loss_of, backward_passes: int = 1) -> torch.Tensor:
+    def grad(train: bool, loss_of, backward_passes: int = 1, separate_lookups: bool = False) -> torch.Tensor:
         model.train(train)
         model.zero_grad(set_to_none=True)
         for _ in range(backward_passes):
-            loss_of(model(input_ids=ids, labels=labels)).backward()
+            if separate_lookups:  # encoder states given: the decoder looks up its ids on its own
+                memory = model.encode(ids)
+                out = model(encoder_hidden_states=memory, labels=labels)
+            else:
+                out = model(input_ids=ids, labels=labels)
+            loss_of(out).backward()
         g = model.shared.weight.grad
         assert g is not None and g.layout == torch.strided
         return g.clone()
@@ -414,5 +419,7 @@ def test_tied_training_gradient_is_dense_and_equals_the_dense_lookup():
         dense_path = grad(False, loss_of)  # eval mode: the plain lookup (dropout is 0, so the same forward)
         assert dense_path.abs().max() > 0
         torch.testing.assert_close(sparse_path, dense_path, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad(True, lambda out: out.loss, separate_lookups=True),
+                               grad(False, lambda out: out.loss, separate_lookups=True), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grad(True, lambda out: out.loss, 2), 2 * grad(False, lambda out: out.loss),
                                atol=1e-6, rtol=1e-5)

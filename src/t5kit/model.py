@@ -390,21 +390,67 @@ class DecoderLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------- the model
 
 
-def _densify_sparse_grad(weight: nn.Parameter) -> None:
-    """Make sure ``weight.grad`` ends dense, as optimisers and DDP expect (registered once per parameter).
+class TiedGradient:
+    """Hands the tied head's dense weight gradient to the embedding's backward, which adds its rows in place.
 
-    A loss that reaches the tied weight only through the embedding (say, from the encoder's output alone)
-    would otherwise leave a sparse gradient; with the usual loss the head's dense gradient absorbed it.
+    Without it the tied weight gets two gradients that autograd sums out of place: a dense vocab x d_model
+    matrix from the head and another, zero-filled and scattered into, from the lookup (64 MB each for
+    t5-small, plus the sum's 64 MB). The head's backward always runs before the lookup's (the lookup's
+    output feeds everything the head reads), so the lookup finds the head's gradient ready; when the loss
+    never reaches the head (say, a loss on the encoder output alone) it starts from zeros, as usual. One
+    per forward pass.
     """
-    if getattr(weight, "_t5kit_densifies_grad", False):
-        return
 
-    def densify(parameter: Tensor) -> None:
-        if parameter.grad is not None and parameter.grad.layout != torch.strided:
-            parameter.grad = parameter.grad.to_dense()
+    def __init__(self) -> None:
+        self.dense: Tensor | None = None
 
-    weight.register_post_accumulate_grad_hook(densify)
-    weight._t5kit_densifies_grad = True  # type: ignore[attr-defined]
+    def take(self) -> Tensor | None:
+        dense, self.dense = self.dense, None
+        return dense
+
+
+class _TiedHead(torch.autograd.Function):
+    """``hidden @ weight.T`` whose weight gradient goes to a :class:`TiedGradient`, not to autograd."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, tied: TiedGradient) -> Tensor:  # type: ignore[override]
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        h, w = hidden.to(dtype), weight.to(dtype)  # what autocast would do to a linear layer's inputs
+        ctx.save_for_backward(h, w)
+        ctx.tied, ctx.hidden_dtype, ctx.weight_dtype = tied, hidden.dtype, weight.dtype
+        with torch.autocast(device, enabled=False):
+            return F.linear(h, w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+        h, w = ctx.saved_tensors
+        grad = grad.to(w.dtype).reshape(-1, w.shape[0])
+        grad_hidden = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = (grad @ w).view(h.shape).to(ctx.hidden_dtype)
+        if ctx.needs_input_grad[1]:
+            ctx.tied.dense = grad.t().mm(h.reshape(-1, h.shape[-1])).to(ctx.weight_dtype)
+        return grad_hidden, None, None
+
+
+class _TiedEmbedding(torch.autograd.Function):
+    """Embedding lookup whose backward adds its rows into the head's gradient (see :class:`TiedGradient`)."""
+
+    @staticmethod
+    def forward(ctx, ids: Tensor, weight: Tensor, tied: TiedGradient) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(ids)
+        ctx.tied, ctx.weight_shape, ctx.weight_dtype = tied, weight.shape, weight.dtype
+        return F.embedding(ids, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+        (ids,) = ctx.saved_tensors
+        dense = ctx.tied.take()
+        if dense is None:
+            dense = torch.zeros(ctx.weight_shape, dtype=ctx.weight_dtype, device=grad.device)
+        dense.index_add_(0, ids.reshape(-1), grad.reshape(-1, dense.shape[1]).to(dense.dtype))
+        return None, dense, None
 
 
 @dataclass
@@ -647,13 +693,10 @@ class T5Model(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         return self.encoder(self.shared(input_ids), attention_mask)
 
-    def _embed(self, ids: Tensor) -> Tensor:
-        """Embedding lookup; when training a tied model, its gradient is sparse (the looked-up rows only).
+    def _tied_gradient(self) -> TiedGradient | None:
+        """A :class:`TiedGradient` when training a tied model in plain eager mode, else None.
 
-        The tied head's gradient is dense anyway, and autograd adds the sparse rows into it in place. A dense
-        embedding gradient would cost a zero-filled vocab x d_model buffer, a scatter into it and an
-        out-of-place sum of two such matrices per step (64 MB each for t5-small). Plain leaf parameters only:
-        FSDP's sharded parameters and torch.compile keep the dense path.
+        Plain leaf parameters only: FSDP's sharded parameters and torch.compile take the ordinary path.
         """
         weight = self.shared.weight
         if (
@@ -664,13 +707,17 @@ class T5Model(nn.Module):
             and type(weight) is nn.Parameter
             and not torch.compiler.is_compiling()
         ):
-            _densify_sparse_grad(weight)
-            return F.embedding(ids, weight, sparse=True)
-        return self.shared(ids)
+            return TiedGradient()
+        return None
 
-    def lm_logits(self, decoder_hidden: Tensor) -> Tensor:
+    def _embed(self, ids: Tensor, tied: TiedGradient | None) -> Tensor:
+        return self.shared(ids) if tied is None else _TiedEmbedding.apply(ids, self.shared.weight, tied)
+
+    def lm_logits(self, decoder_hidden: Tensor, tied: TiedGradient | None = None) -> Tensor:
         if self.config.rescale_decoder_output:
             decoder_hidden = decoder_hidden * (self.config.d_model**-0.5)
+        if tied is not None:
+            return _TiedHead.apply(decoder_hidden, self.lm_head.weight, tied)
         return self.lm_head(decoder_hidden.to(_weight_dtype(self.lm_head, decoder_hidden.dtype)))
 
     def forward(
@@ -710,6 +757,7 @@ class T5Model(nn.Module):
             decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
         self._check_ids(decoder_input_ids, "decoder_input_ids")
         decoder_embeddings = None
+        tied = self._tied_gradient()
         if encoder_hidden_states is None:
             if input_ids is None:
                 raise ValueError("forward needs input_ids (or encoder_hidden_states)")
@@ -721,7 +769,7 @@ class T5Model(nn.Module):
             # One lookup for both sides: the embedding's backward then fills and scatters into one dense
             # vocab x d_model gradient instead of two that autograd must add up.
             n = input_ids.numel()
-            both = self._embed(torch.cat((input_ids.reshape(-1), decoder_input_ids.reshape(-1))))
+            both = self._embed(torch.cat((input_ids.reshape(-1), decoder_input_ids.reshape(-1))), tied)
             encoder_embeddings = both[:n].view(*input_ids.shape, -1)
             decoder_embeddings = both[n:].view(*decoder_input_ids.shape, -1)
             encoder_hidden_states = self.encoder(encoder_embeddings, attention_mask, packing)
@@ -729,10 +777,10 @@ class T5Model(nn.Module):
             attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.long,
                                         device=encoder_hidden_states.device)
         if decoder_embeddings is None:
-            decoder_embeddings = self.shared(decoder_input_ids)
+            decoder_embeddings = self._embed(decoder_input_ids, tied)
         hidden = self.decoder(decoder_embeddings, encoder_hidden_states, attention_mask,
                               decoder_attention_mask, packing)
-        logits = self.lm_logits(hidden)
+        logits = self.lm_logits(hidden, tied)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
