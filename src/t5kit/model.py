@@ -387,6 +387,57 @@ class DecoderLayer(nn.Module):
         return _clamp_fp16(x + self.dropout(self.ffn(self.ffn_norm(x))), x.dtype)
 
 
+# ---------------------------------------------------------------------------------------------- the loss
+
+_LOSS_ROWS = 16  # rows of logits per pass: 16 x 32128 float32 is 2 MB, which stays in cache
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Token-mean cross entropy over rows of logits, label -100 ignored, in float32 whatever the logits' dtype.
+
+    ``F.cross_entropy`` writes a log-softmax as large as the logits in forward, and in backward a zero-filled
+    one-hot gradient plus a third such tensor (each a fresh 33 MB for t5-small's batch, page faults
+    included, and a float32 copy of bf16 logits first). Here the forward keeps one log-sum-exp per row and
+    the backward writes the gradient once, softmax minus one-hot, a few cache-sized rows at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+        valid = labels != -100
+        targets = torch.where(valid, labels, 0)
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for start in range(0, logits.shape[0], _LOSS_ROWS):
+            lse[start : start + _LOSS_ROWS] = torch.logsumexp(logits[start : start + _LOSS_ROWS].float(), -1)
+        target_logits = logits.gather(1, targets[:, None]).squeeze(1).float()
+        count = valid.sum()
+        ctx.save_for_backward(logits, lse, targets, valid, count)
+        return ((lse - target_logits) * valid).sum() / count  # no valid label: 0 / 0 = nan, as torch gives
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        logits, lse, targets, valid, count = ctx.saved_tensors
+        row_scale = valid * (grad_loss.float() / count)  # d loss / d (per-row loss); 0 on ignored rows
+        grad = torch.empty_like(logits)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        for start in range(0, logits.shape[0], _LOSS_ROWS):
+            end = min(start + _LOSS_ROWS, logits.shape[0])
+            out = grad[start:end]
+            work = out if out.dtype == torch.float32 else torch.empty(out.shape, device=out.device)
+            torch.sub(logits[start:end], lse[start:end, None], out=work)
+            work.exp_().mul_(row_scale[start:end, None])  # softmax x scale
+            work[rows[: end - start], targets[start:end]] -= row_scale[start:end]  # minus one-hot x scale
+            if work is not out:
+                out.copy_(work)
+        return grad, None
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross entropy of ``logits`` [N, vocab] against ``labels`` [N] (-100 = ignore), float32."""
+    if torch.compiler.is_compiling():
+        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+    return _CrossEntropy.apply(logits, labels)
+
+
 # ---------------------------------------------------------------------------------------------- the model
 
 
@@ -783,7 +834,7 @@ class T5Model(nn.Module):
         logits = self.lm_logits(hidden, tied)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+            loss = cross_entropy(logits.flatten(0, 1), labels.flatten())
         return Seq2SeqOutput(logits=logits, loss=loss, encoder_hidden_states=encoder_hidden_states)
 
     # --------------------------------------------------------------------------------- incremental decoding
