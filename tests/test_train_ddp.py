@@ -21,14 +21,23 @@ from test_train_support import (
 from t5kit.data import ListSource, Shard
 from t5kit.train import TrainConfig, train
 
+# gated-GELU with an untied head (v1.1 / mT5), and relu with the tied head (the original T5), whose embedding
+# gradient takes t5kit's in-place path (model.TiedGradient): DDP must see one gradient for the shared weight.
+FAMILIES = {
+    "gated-untied": {},
+    "relu-tied": {"feed_forward_proj": "relu", "tie_word_embeddings": True},
+}
 
+
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.usefixtures("restore_threads")
-def test_two_ranks_match_one_process(tmp_path: Path) -> None:
+def test_two_ranks_match_one_process(tmp_path: Path, family: str) -> None:
     tasks = write_number_task(tmp_path / "data")
+    base = small_config(tasks, tmp_path / "unused")["model"]
     cfg_dict = small_config(
         tasks,
         tmp_path / "unused",
-        model={"dropout": 0.0},
+        model={"dropout": 0.0, "overrides": {**base["overrides"], **FAMILIES[family]}},
         train={"steps": 6, "batch_size": 8, "grad_accum": 2},
         checkpoint={"every": 0},
         eval={"max_examples": 4},
@@ -59,6 +68,9 @@ def test_two_ranks_match_one_process(tmp_path: Path) -> None:
     assert diff <= 1e-5
     import json
 
+    saved = json.loads((ddp_checkpoint / "config.json").read_text())
+    assert saved["tie_word_embeddings"] == (family == "relu-tied")
+    assert saved["feed_forward_proj"] == ("relu" if family == "relu-tied" else "gated-gelu")
     state = json.loads((ddp_checkpoint / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and len(state["data"]) == 2  # both ranks' positions were saved
 
