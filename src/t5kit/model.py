@@ -209,6 +209,30 @@ def _autocast_input(x: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------- blocks
 
 
+class _RMSNorm(torch.autograd.Function):
+    """float32 RMS norm with a hand-written backward: torch's CPU rms_norm has a fused forward but differentiates
+    through its composite (pow, mean, rsqrt, ... about twenty kernels); this backward is seven passes."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)  # what F.rms_norm runs
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        x, weight, rstd = ctx.saved_tensors
+        normalized = x * rstd
+        grad_normalized = grad * normalized
+        grad_weight = grad_normalized.reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # d/dx of w * x * rstd: rstd * (w * g - normalized * mean(w * g * normalized))
+            correction = torch.matmul(grad_normalized, weight).unsqueeze(-1).mul_(rstd / x.shape[-1])
+            grad_x = (grad * weight).mul_(rstd).addcmul_(normalized, correction, value=-1)
+        return grad_x, grad_weight, None
+
+
 class RMSNorm(nn.Module):
     """T5's "layer norm": scale only, no mean subtraction, no bias; the statistic in float32."""
 
@@ -226,6 +250,8 @@ class RMSNorm(nn.Module):
                 return self.weight * F.rms_norm(x, (x.shape[-1],), None, self.eps)
             variance = x.float().pow(2).mean(-1, keepdim=True)
             return self.weight * (x * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
+        if x.dtype == torch.float32 and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return _RMSNorm.apply(x, self.weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps)
 
 
