@@ -2,7 +2,7 @@
 optimiser (torch AdamW, fused kernel for both), in fp32 and under bf16 autocast.
 
     python benchmarks/train.py [--preset t5-small] [--batch 8] [--source 128] [--target 32] [--threads 2]
-                               [--steps 8] [--rounds 1] [--compile]
+                               [--steps 8] [--rounds 3] [--compile]
 
 Each engine and precision runs in its own subprocess (a fair peak RSS). A step is forward + loss,
 backward, optimiser step, zero_grad; tokens/s counts source + target tokens. Model FLOP utilisation
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per engine (median)")
-    parser.add_argument("--rounds", type=int, default=1, help="alternate engines N times, keep the best")
+    parser.add_argument("--rounds", type=int, default=3, help="alternate engines N times, keep the best")
     parser.add_argument("--compile", action="store_true", help="also time t5kit under torch.compile")
     parser.add_argument(
         "--child", nargs=3, metavar=("ENGINE", "PRECISION", "CHECKPOINT"), help=argparse.SUPPRESS
@@ -123,6 +124,7 @@ def main() -> None:
     engines = ["transformers", "t5kit"] + (["t5kit-compiled"] if args.compile else [])
     flops = model_flops(args.preset, args.batch, args.source, args.target)
     results: dict[tuple[str, str], dict] = {}
+    per_round: dict[tuple[str, str], list[float]] = {}  # seconds per step, one entry per round
     for _ in range(args.rounds):  # engines alternate; the fastest round of each counts (robust to load)
         for precision in ("fp32", "bf16"):
             for engine in engines:
@@ -134,6 +136,7 @@ def main() -> None:
                     print(f"{engine} {precision} failed:\n{out.stderr[-2000:]}")
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
+                per_round.setdefault((engine, precision), []).append(r["seconds"])
                 best = results.get((engine, precision))
                 if best is None or r["seconds"] < best["seconds"]:
                     results[(engine, precision)] = r
@@ -163,6 +166,14 @@ def main() -> None:
                 f"{ratio:5.2f}x "
                 f"{r['peak_rss_mb']:13.0f} {mem:8.2f}x {mfu:6.1%}"
             )
+    if args.rounds > 1:  # the table keeps each engine's fastest round; the same-round ratios show the spread
+        for precision in ("fp32", "bf16"):
+            for engine in engines[1:]:
+                pairs = zip(per_round.get(("transformers", precision), []), per_round.get((engine, precision), []))
+                ratios = sorted(hf / ours for hf, ours in pairs)
+                if ratios:
+                    print(f"{precision} {engine} vs transformers, round by round: "
+                          f"{' '.join(f'{x:.2f}x' for x in ratios)} (median {statistics.median(ratios):.2f}x)")
 
 
 if __name__ == "__main__":
