@@ -423,6 +423,9 @@ def test_tied_training_gradient_is_dense_and_equals_the_dense_lookup():
                                grad(False, lambda out: out.loss, separate_lookups=True), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grad(True, lambda out: out.loss, 2), 2 * grad(False, lambda out: out.loss),
                                atol=1e-6, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the head's own casts reproduce autocast's linear
+        torch.testing.assert_close(grad(True, lambda out: out.loss), grad(False, lambda out: out.loss),
+                                   atol=1e-4, rtol=2e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
