@@ -310,12 +310,16 @@ def test_dropout_scales_kept_values_and_gradient(dtype):
         dropout(x, 1.0, True)
 
 
-def test_dropout_model_training_is_reproducible_and_checkpointing_replays_masks():
+@pytest.mark.parametrize("family", ["gated-untied", "relu-tied"])
+def test_dropout_model_training_is_reproducible_and_checkpointing_replays_masks(family):
     """Same seed, same loss and gradients; activation checkpointing (which re-runs the forward in backward
-    after restoring the RNG state) gives the same gradients as keeping activations."""
+    after restoring the RNG state) gives the same gradients as keeping activations. Both feed-forward kinds:
+    the relu one fuses relu and dropout in place, and the tied head takes the in-place embedding gradient."""
     from t5kit.train.loop import enable_activation_checkpointing
 
     config = T5Config.from_preset("tiny", dropout_rate=0.1)
+    if family == "relu-tied":
+        config = _relu_tied_tiny(0.1)
     ids = torch.randint(3, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
     labels = torch.randint(3, config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))
 
