@@ -116,31 +116,40 @@ def dropout_keep_mask(
     return _keep_from(_random_int16(math.prod(shape), device), p, dtype).view(shape)
 
 
-class _Dropout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
-        random16 = _random_int16(x.numel(), x.device)
-        keep = _keep_from(random16, p, x.dtype).view(x.shape)
-        ctx.p, ctx.scale = p, 1.0 / (1.0 - p)
-        # Backward needs the mask: kept as is in 16-bit activations; for float32 the 2-byte random words are
-        # kept instead (half the memory) and compared again.
-        ctx.save_for_backward(keep if keep.element_size() <= 2 else random16)
-        return torch.addcmul(x.new_zeros(()), x, keep, value=ctx.scale)
+class _DropoutAdd(torch.autograd.Function):
+    """residual + dropout(x) in one ``addcmul``; plain dropout is the case of a zero residual.
+
+    The residual's gradient passes through untouched. Backward needs the mask: kept as is for 16-bit
+    activations; for float32 the 2-byte random words are kept instead (half the memory) and compared again.
+    """
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def forward(ctx, residual: Tensor, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        random16 = _random_int16(x.numel(), x.device)
+        keep = _keep_from(random16, p, x.dtype).view(x.shape)
+        ctx.p, ctx.scale, ctx.x_dtype = p, 1.0 / (1.0 - p), x.dtype
+        ctx.save_for_backward(keep if keep.element_size() <= 2 else random16)
+        return torch.addcmul(residual, x, keep, value=ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor, None]:  # type: ignore[override]
         (saved,) = ctx.saved_tensors
-        keep = saved if saved.dtype == grad.dtype else _keep_from(saved, ctx.p, grad.dtype).view(grad.shape)
-        return torch.addcmul(grad.new_zeros(()), grad, keep, value=ctx.scale), None
+        keep = saved if saved.dtype == ctx.x_dtype else _keep_from(saved, ctx.p, ctx.x_dtype).view(grad.shape)
+        grad_x = torch.addcmul(grad.new_zeros(()), grad, keep, value=ctx.scale).to(ctx.x_dtype)
+        return (grad if ctx.needs_input_grad[0] else None), grad_x, None
+
+
+def _check_rate(p: float) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout (kept elements scaled by 1/(1-p)); the identity outside training or at p = 0."""
     if not training or p == 0.0:
         return x
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    return _Dropout.apply(x, p)
+    _check_rate(p)
+    return _DropoutAdd.apply(x.new_zeros(()), x, p)
 
 
 class Dropout(nn.Dropout):
@@ -153,25 +162,8 @@ class Dropout(nn.Dropout):
         """``residual + self(x)`` in one pass over memory (addcmul with the mask) instead of two."""
         if not self.training or self.p == 0.0:
             return residual + x
+        _check_rate(self.p)
         return _DropoutAdd.apply(residual, x, self.p)
-
-
-class _DropoutAdd(torch.autograd.Function):
-    """residual + dropout(x): the residual's gradient passes through untouched."""
-
-    @staticmethod
-    def forward(ctx, residual: Tensor, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
-        random16 = _random_int16(x.numel(), x.device)
-        keep = _keep_from(random16, p, x.dtype).view(x.shape)
-        ctx.p, ctx.scale, ctx.x_dtype = p, 1.0 / (1.0 - p), x.dtype
-        ctx.save_for_backward(keep if keep.element_size() <= 2 else random16)
-        return torch.addcmul(residual, x, keep, value=ctx.scale)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
-        (saved,) = ctx.saved_tensors
-        keep = saved if saved.dtype == ctx.x_dtype else _keep_from(saved, ctx.p, ctx.x_dtype).view(grad.shape)
-        return grad, torch.addcmul(grad.new_zeros(()), grad, keep, value=ctx.scale).to(ctx.x_dtype), None
 
 
 class _ReluDropoutUnscaled(torch.autograd.Function):
