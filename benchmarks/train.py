@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -121,6 +122,13 @@ def main() -> None:
         f"AdamW (fused) step, {args.steps} timed steps per engine"
     )
     directory = save_random_hf_checkpoint(args.preset)
+    try:
+        run_engines(args, directory)
+    finally:  # the checkpoint is ~230 MB of temporary files
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_engines(args: argparse.Namespace, directory: Path) -> None:
     engines = ["transformers", "t5kit"] + (["t5kit-compiled"] if args.compile else [])
     flops = model_flops(args.preset, args.batch, args.source, args.target)
     results: dict[tuple[str, str], dict] = {}
