@@ -432,6 +432,54 @@ def test_tied_training_gradient_is_dense_and_equals_the_dense_lookup():
                                    atol=1e-4, rtol=2e-2)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_recycled_buffers_reuse_memory_and_never_overwrite_what_a_caller_kept(tied):
+    """Training steps reuse the previous step's memory for the logits, their gradient and the head's weight
+    gradient (model.RecycledBuffers): weight gradients still equal the eval-mode path's (1e-6) step after step,
+    gradient accumulation without zeroing still adds up, and logits or a gradient a caller still holds are
+    left as they were."""
+    import copy
+
+    from t5kit.model import RecycledBuffers
+
+    config = _relu_tied_tiny(0.0)
+    config.tie_word_embeddings = tied
+    torch.manual_seed(0)
+    model = T5Model(config)
+    ids = torch.randint(3, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(3, config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))
+
+    def head_grad(train: bool, passes: int = 1) -> torch.Tensor:
+        model.train(train)
+        for _ in range(passes):
+            model(input_ids=ids, labels=labels).loss.backward()
+        grad = model.lm_head.weight.grad
+        model.zero_grad(set_to_none=True)
+        return grad
+
+    reference = head_grad(False).clone()
+    first = head_grad(True)  # this step's gradient is kept by the test: the next step must not write over it
+    kept = first.clone()
+    second = head_grad(True)
+    assert second.data_ptr() != first.data_ptr() and torch.equal(first, kept)
+    torch.testing.assert_close(second, reference, atol=1e-6, rtol=1e-5)
+    del first, second
+    pointers = set()
+    for _ in range(3):  # nothing holds the last gradient any more: its memory comes back
+        pointers.add(head_grad(True).data_ptr())
+    assert len(pointers) == 1
+    torch.testing.assert_close(head_grad(True, passes=2), 2 * reference, atol=1e-6, rtol=1e-5)
+
+    model.train()
+    out = model(input_ids=ids, labels=labels)
+    logits = out.logits.clone()
+    out.loss.backward()
+    model(input_ids=ids, labels=labels).loss.backward()  # out.logits is still held: fresh memory this time
+    assert torch.equal(out.logits, logits)
+    assert isinstance(copy.deepcopy(model)._recycled, RecycledBuffers)
+    assert model.eval()._recycled._storages == {}  # evaluation gives the memory back
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cross_entropy_matches_torch(dtype):
     """t5kit's loss (log-sum-exp per row, gradient written once) against F.cross_entropy on float32 logits:
