@@ -371,6 +371,21 @@ def test_fused_relu_dropout_matches_relu_then_dropout():
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ffn.eval()(x), ffn.wo(torch.relu(ffn.wi(x))))  # eval: no dropout, no scale
 
+    ffn.train()  # under bf16 autocast: the same casts as autocast's linear layers, float32 weight gradients
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(5)
+        out = ffn(x)
+        grads = torch.autograd.grad(out, params, upstream)
+        torch.manual_seed(5)
+        keep = dropout_keep_mask((3, 7, config.d_ff), 0.1, torch.bfloat16)
+        ref = ffn.wo(torch.relu(ffn.wi(x)) * keep / 0.9)
+        ref_grads = torch.autograd.grad(ref, params, upstream)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+    for ours, theirs in zip(grads, ref_grads):
+        assert ours.dtype == theirs.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, atol=2e-2, rtol=2e-2)
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_residual_dropout_add_matches_add_of_dropout(dtype):

@@ -180,27 +180,48 @@ class Dropout(nn.Dropout):
         return _DropoutAdd.apply(residual, x, self.p)
 
 
-class _ReluDropoutUnscaled(torch.autograd.Function):
-    """relu(h) * keep, in place on ``h`` (a fresh matmul output nobody else holds), WITHOUT the 1/(1-p) scale.
+class _ReluDropoutFeedForward(torch.autograd.Function):
+    """wo(dropout(relu(wi x))) for training, in one Function that owns its intermediate.
 
-    The caller applies the scale to the next projection's output, 4x smaller for T5's d_ff = 4 d_model.
-    The output is > 0 exactly where relu passed and dropout kept, so the backward of both is one
-    threshold on the saved output, which the next projection saves anyway: no mask is stored and no
-    random numbers are drawn again.
+    - relu and the dropout mask are applied in place on the ``wi`` output, WITHOUT the 1/(1-p) scale; the
+      scale rides on the ``wo`` matmuls as their alpha (free) instead of a pass over the output.
+    - The activation is > 0 exactly where relu passed and dropout kept, so the backward of both is one
+      threshold on it, done in place on the gradient this backward has just made: no mask is stored, no
+      random numbers are drawn again, and no third d_ff-wide tensor is allocated.
+    - Under autocast the inputs are cast as autocast would cast them for two linear layers.
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, p: float) -> Tensor:  # type: ignore[override]
-        keep = dropout_keep_mask(h.shape, p, h.dtype, h.device)
-        out = h.relu_().mul_(keep)
-        ctx.mark_dirty(h)
-        ctx.save_for_backward(out)
-        return out
+    def forward(ctx, x: Tensor, wi: Tensor, wo: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else wo.dtype
+        rows, wi_, wo_ = x.reshape(-1, x.shape[-1]).to(dtype), wi.to(dtype), wo.to(dtype)
+        scale = 1.0 / (1.0 - p)
+        with torch.autocast(device, enabled=False):
+            h = torch.mm(rows, wi_.t())
+            h.relu_().mul_(dropout_keep_mask(h.shape, p, h.dtype, h.device))
+            out = torch.addmm(h.new_zeros(()), h, wo_.t(), beta=0, alpha=scale)
+        ctx.save_for_backward(rows, h, wi_, wo_)
+        ctx.scale, ctx.dtypes = scale, (x.dtype, wi.dtype, wo.dtype)
+        return out.view(*x.shape[:-1], wo.shape[0])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0), None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        rows, h, wi, wo = ctx.saved_tensors
+        x_dtype, wi_dtype, wo_dtype = ctx.dtypes
+        grad_out = grad.reshape(-1, grad.shape[-1]).to(h.dtype)
+        zero = h.new_zeros(())
+        grad_wo = None
+        if ctx.needs_input_grad[2]:
+            grad_wo = torch.addmm(zero, grad_out.t(), h, beta=0, alpha=ctx.scale).to(wo_dtype)
+        grad_h = torch.addmm(zero, grad_out, wo, beta=0, alpha=ctx.scale)
+        torch.ops.aten.threshold_backward.grad_input(grad_h, h, 0, grad_input=grad_h)  # relu + mask, in place
+        grad_x = grad_wi = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(grad_h, wi).view(*grad.shape[:-1], wi.shape[1]).to(x_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_wi = torch.mm(grad_h.t(), rows).to(wi_dtype)
+        return grad_x, grad_wi, grad_wo, None
 
 
 def _autocast_input(x: Tensor) -> Tensor:
@@ -321,21 +342,30 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(config.dropout_rate)
         self.act = _ACTIVATION_FUNCTIONS[config.activation]
 
+    def _fused_relu_dropout(self) -> bool:
+        """The relu feed-forward in training takes :class:`_ReluDropoutFeedForward`: plain parameters of one
+        dtype only (not fp16's float32 wo, not quantized or sharded layers), and not under torch.compile."""
+        if self.gated or self.act is not F.relu or not self.dropout.training or self.dropout.p == 0.0:
+            return False
+        _check_rate(self.dropout.p)
+        wi, wo = getattr(self.wi, "weight", None), getattr(self.wo, "weight", None)
+        return (
+            type(wi) is nn.Parameter
+            and type(wo) is nn.Parameter
+            and wi.dtype == wo.dtype
+            and not torch.compiler.is_compiling()
+        )
+
     def forward(self, x: Tensor) -> Tensor:
-        scale = None
+        if self._fused_relu_dropout():
+            return _ReluDropoutFeedForward.apply(x, self.wi.weight, self.wo.weight, self.dropout.p)
         if self.gated:
             x = _autocast_input(x)
             h = self.dropout(self.act(self.wi_0(x)) * self.wi_1(x))
-        elif self.act is F.relu and self.dropout.training and self.dropout.p > 0.0:
-            # The scale moves past wo: wo(relu(h) * keep) / (1 - p), equal up to rounding.
-            h = _ReluDropoutUnscaled.apply(self.wi(x), self.dropout.p)
-            scale = 1.0 / (1.0 - self.dropout.p)
         else:
             h = self.dropout(self.act(self.wi(x)))
         wo_dtype = _weight_dtype(self.wo, h.dtype)
         out = self.wo(h.to(wo_dtype))
-        if scale is not None:
-            out = out * scale
         if h.dtype != wo_dtype:  # fp16 models keep wo in fp32: its output overflows fp16
             return _clamp_fp16(out, x.dtype)
         return out
