@@ -1,5 +1,5 @@
-"""``torchrun --nproc_per_node 2`` on CPU (gloo) trains to the same weights as one process with the same
-global batch, and the two ranks read disjoint examples."""
+"""``torchrun --nproc_per_node 2`` on CPU (gloo), with DDP or FSDP, trains to the same weights as one process with
+the same global batch, and the two ranks read disjoint examples."""
 
 from __future__ import annotations
 
@@ -29,16 +29,17 @@ FAMILIES = {
 }
 
 
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.usefixtures("restore_threads")
-def test_two_ranks_match_one_process(tmp_path: Path, family: str) -> None:
+def test_two_ranks_match_one_process(tmp_path: Path, family: str, mode: str) -> None:
     tasks = write_number_task(tmp_path / "data")
     base = small_config(tasks, tmp_path / "unused")["model"]
     cfg_dict = small_config(
         tasks,
         tmp_path / "unused",
         model={"dropout": 0.0, "overrides": {**base["overrides"], **FAMILIES[family]}},
-        train={"steps": 6, "batch_size": 8, "grad_accum": 2},
+        train={"steps": 6, "batch_size": 8, "grad_accum": 2, "distributed": mode},
         checkpoint={"every": 0},
         eval={"max_examples": 4},
     )
@@ -64,7 +65,7 @@ def test_two_ranks_match_one_process(tmp_path: Path, family: str) -> None:
     single = train(TrainConfig.load(config_path), out=str(tmp_path / "single"))
     ddp_checkpoint = ddp_out / "step-00000006"
     diff = max_abs_diff(load_weights(ddp_checkpoint), load_weights(single.checkpoint))
-    print(f"DDP parity: max abs weight difference {diff:.3g}")
+    print(f"{mode} parity: max abs weight difference {diff:.3g}")
     assert diff <= 1e-5
     import json
 
