@@ -387,6 +387,37 @@ def test_fused_relu_dropout_matches_relu_then_dropout():
         torch.testing.assert_close(ours, theirs, atol=2e-2, rtol=2e-2)
 
 
+def test_training_attention_with_dropout_matches_the_explicit_computation():
+    """Attention in training with dropout (bias added in place on the scores, t5kit's mask on the
+    probabilities) against the same steps written out with the same mask: values and the gradients of
+    the input, the four projections and the relative-bias table within 1e-5."""
+    from t5kit.model import dropout_keep_mask
+
+    config = _relu_tied_tiny(0.1)
+    torch.manual_seed(0)
+    attn = Attention(config, has_relative_bias=True).train()
+    x = torch.randn(2, 6, config.d_model, requires_grad=True)
+    upstream = torch.randn(2, 6, config.d_model)
+    params = (x, attn.q.weight, attn.k.weight, attn.v.weight, attn.o.weight, attn.relative_bias.weight)
+
+    def run(explicit: bool) -> tuple[torch.Tensor, ...]:
+        bias = attn.relative_bias(6, 6)
+        torch.manual_seed(3)
+        if not explicit:
+            out = attn(x, bias)
+        else:
+            q, k, v = attn.heads(attn.q(x)), attn.heads(attn.k(x)), attn.heads(attn.v(x))
+            probs = (q @ k.transpose(-1, -2) + bias).softmax(-1)
+            probs = probs * dropout_keep_mask(probs.shape, 0.1) / 0.9
+            out = attn.o((probs @ v).transpose(1, 2).reshape(2, 6, -1))
+        return (out, *torch.autograd.grad(out, params, upstream))
+
+    ours, reference = run(False), run(True)
+    for a, b in zip(ours, reference):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_residual_dropout_add_matches_add_of_dropout(dtype):
     """``Dropout.add_to(residual, x)`` is residual + dropout(x) in one pass; the residual stays float32

@@ -307,8 +307,10 @@ class Attention(nn.Module):
             out = torch.matmul(scores.float().softmax(-1).to(v.dtype), v)
         elif self.training and self.dropout > 0.0:
             # SDPA's CPU kernels have no dropout, so it falls back to this same sequence, only with the
-            # slower Bernoulli mask.
-            scores = torch.matmul(q, k.transpose(-1, -2)) + bias
+            # slower Bernoulli mask. The bias is added in place: the matmul's output is fresh and its
+            # backward does not need it.
+            scores = torch.matmul(q, k.transpose(-1, -2))
+            scores = scores.add_(bias) if scores.dtype == bias.dtype else scores + bias
             # torch's bfloat16 softmax accumulates in float32 and rounds once: bit-identical to a float32
             # softmax cast back, without the two casts. float16 keeps the explicit float32 pass.
             probs = scores.softmax(-1) if scores.dtype != torch.float16 else scores.float().softmax(-1).to(v.dtype)
