@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import missing_system_part
+from conftest import T5_VOCAB, missing_system_part
 
 from t5kit.data import ListSource, span_corruption_lengths
 from t5kit.data.corpora import import_gettext, import_text, import_wordnet, read_mo, split_of, strip_accelerators
@@ -15,7 +15,7 @@ from t5kit.data.corpora.gettext import clean_pair, placeholders
 from t5kit.data.tasks import get_task, load_tasks, span_corruption_task
 from t5kit.errors import DataError
 
-VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
+VOCAB = T5_VOCAB
 
 
 def t5_tokenizer():

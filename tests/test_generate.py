@@ -10,10 +10,10 @@ length-penalised for beams) agree within 1e-4 absolute.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import T5_VOCAB
 from hf_models import build_hf_model, padded_batch
 
 from t5kit import T5Model
@@ -24,7 +24,7 @@ SCORE_ATOL = 1e-4
 # family -> (EOS row factor, tied only: embedding row norm and decoder wo factor)
 BOOST = {"v1.0-relu-tied": (1.9, 3.0, 5.0), "v1.1-gated-untied": (1.6, None, None),
          "umt5-per-layer-bias": (1.3, None, None), "byt5-like-asymmetric": (6.0, None, None)}
-VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
+VOCAB = T5_VOCAB
 
 
 def boosted_hf_model(family: str):

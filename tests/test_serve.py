@@ -21,11 +21,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import T5_VOCAB
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
+VOCAB = T5_VOCAB
 METRIC_LINE = r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [0-9.e+-]+|\+Inf'
 # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: exit status 0 or "killed by SIGTERM".
 CLEAN_EXIT = (0, -signal.SIGTERM)

@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import T5_VOCAB
 
 from t5kit.errors import TokenizerError
 from t5kit.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
-VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
+VOCAB = T5_VOCAB
 assert (VOCAB / "spiece.model").is_file(), f"the T5 vocabulary is missing from {VOCAB}"
 SPECIAL_RE = re.compile(r"<extra_id_\d+>|</s>|<pad>|<unk>")
 

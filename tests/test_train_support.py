@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import T5_VOCAB
 
 from t5kit.errors import ConfigError
 from t5kit.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-T5_VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 NOMBRES = ["zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf"]
 

@@ -75,17 +75,16 @@ def evaluate(generator: Any, task: Any, split: str = "test", *, metrics: list[st
     # Batches of similar length over the whole split (the generator sorts only within what it is given),
     # so short inputs are not padded to a long neighbour's length; results go back to the split's order.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["inputs"]))
-    by_position: list[Any] = [None] * len(examples)
+    results: list[Any] = [None] * len(examples)  # by position in the split
     for i in range(0, len(order), batch_size):
         chunk = order[i : i + batch_size]
         outputs = generator.generate([examples[j]["inputs"] for j in chunk], batch_size=batch_size, **decoding)
         for j, out in zip(chunk, outputs):
-            by_position[j] = out
+            results[j] = out
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    results = by_position
     seconds = time.perf_counter() - start
     post = task.postprocess or (lambda text: text)
     predictions = [str(post(r.text)) for r in results]

@@ -140,7 +140,7 @@ class _DropoutAdd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, residual: Tensor, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
-        keep = _keep_from(_random_int16(x.numel(), x.device), p, x.dtype).view(x.shape)
+        keep = dropout_keep_mask(x.shape, p, x.dtype, x.device)
         ctx.scale, ctx.x_dtype = 1.0 / (1.0 - p), x.dtype
         ctx.save_for_backward(keep)
         return torch.addcmul(residual, x, keep, value=ctx.scale)
@@ -193,7 +193,7 @@ class _ReluDropoutFeedForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, wi: Tensor, wo: Tensor, p: float) -> Tensor:  # type: ignore[override]
         device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else wo.dtype
+        dtype = _linear_dtype(device, wo.dtype)
         rows, wi_, wo_ = x.reshape(-1, x.shape[-1]).to(dtype), wi.to(dtype), wo.to(dtype)
         scale = 1.0 / (1.0 - p)
         with torch.autocast(device, enabled=False):
@@ -226,10 +226,12 @@ class _ReluDropoutFeedForward(torch.autograd.Function):
 def _autocast_input(x: Tensor) -> Tensor:
     """Under autocast, cast an activation once where several linear layers read it (q/k/v, wi_0/wi_1):
     autocast would otherwise cast it again for each, and sum as many float32 gradients in backward."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return x.to(torch.get_autocast_dtype(device))
-    return x
+    return x.to(_linear_dtype(x.device.type, x.dtype))
+
+
+def _linear_dtype(device: str, default: torch.dtype) -> torch.dtype:
+    """The dtype autocast would run a linear layer in on ``device``; ``default`` when autocast is off."""
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else default
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -588,7 +590,7 @@ class _Head(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, tied: TiedGradient | None, buffers: RecycledBuffers) -> Tensor:  # type: ignore[override]
         device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        dtype = _linear_dtype(device, weight.dtype)
         h, w = hidden.to(dtype), weight.to(dtype)  # what autocast would do to a linear layer's inputs
         ctx.save_for_backward(h, w)
         ctx.tied, ctx.buffers, ctx.hidden_dtype, ctx.weight_dtype = tied, buffers, hidden.dtype, weight.dtype
