@@ -2,12 +2,19 @@
 optimiser (torch AdamW, fused kernel for both), in fp32 and under bf16 autocast.
 
     python benchmarks/train.py [--preset t5-small] [--batch 8] [--source 128] [--target 32] [--threads 2]
-                               [--steps 8] [--rounds 3] [--compile]
+                               [--steps 24] [--block 3] [--rounds 1] [--compile]
 
-Each engine and precision runs in its own subprocess (a fair peak RSS). A step is forward + loss,
-backward, optimiser step, zero_grad; tokens/s counts source + target tokens. Model FLOP utilisation
-(MFU) divides the model's matmul FLOPs per step (forward x 3, counted from the shapes) by the step time
-and by this machine's measured matmul peak (a large fp32 / bf16 matmul with the same threads).
+Each engine and precision runs in its own subprocess (a fair peak RSS). The processes of one precision
+live side by side and take turns: one untimed step (the other's turn has pushed this one's weights and
+optimiser state out of the caches), then ``--block`` timed steps; only one computes at a time, and who
+goes first alternates. Two turns side by side share the host's load of that moment (other tenants of a
+shared machine move a step by 10-20% within minutes), so "vs hf" is the median over turns of the paired
+ratios, and their quartiles show the spread.
+
+A step is forward + loss, backward, optimiser step, zero_grad; tokens/s counts source + target tokens and
+uses the median step. Model FLOP utilisation (MFU) divides the model's matmul FLOPs per step (forward
+x 3, counted from the shapes) by the step time and by this machine's measured matmul peak (a large
+fp32 / bf16 matmul with the same threads).
 """
 
 from __future__ import annotations
@@ -18,12 +25,16 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, peak_rss_mb, save_random_hf_checkpoint, set_threads, time_it  # noqa: E402
+
+WARMUP_STEPS = 2  # per process, before the first turn
 
 
 def batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
@@ -59,18 +70,22 @@ def child(args: argparse.Namespace) -> None:
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss))
 
-    seconds = time_it(step, warmup=3 if args.engine == "t5kit-compiled" else 2, repeat=args.steps)
-    tokens = args.batch * (args.source + args.target)
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "tokens_per_s": tokens / seconds,
-                "peak_rss_mb": peak_rss_mb(),
-                "first_loss": losses[0],
-            }
-        )
-    )
+    # Steps on request: "run N" on stdin runs one untimed step (the other engine's turn has just pushed this
+    # one's weights and optimiser state out of the caches), then N timed ones, and answers their seconds.
+    # End of input answers the summary.
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if len(words) != 2 or words[0] != "run":
+            break
+        step()
+        seconds = []
+        for _ in range(int(words[1])):
+            start = time.perf_counter()
+            step()
+            seconds.append(time.perf_counter() - start)
+        print(json.dumps({"seconds": seconds}), flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "first_loss": losses[0] if losses else None}), flush=True)
 
 
 def model_flops(preset: str, batch: int, source: int, target: int) -> float:
@@ -105,8 +120,9 @@ def main() -> None:
     parser.add_argument("--source", type=int, default=128)
     parser.add_argument("--target", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per engine (median)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternate engines N times, keep the best")
+    parser.add_argument("--steps", type=int, default=24, help="timed steps per engine and round")
+    parser.add_argument("--block", type=int, default=3, help="timed steps per turn, after one untimed step")
+    parser.add_argument("--rounds", type=int, default=1, help="start the processes anew N times; steps pool")
     parser.add_argument("--compile", action="store_true", help="also time t5kit under torch.compile")
     parser.add_argument(
         "--child", nargs=3, metavar=("ENGINE", "PRECISION", "CHECKPOINT"), help=argparse.SUPPRESS
@@ -119,7 +135,8 @@ def main() -> None:
     print(machine_line(args.threads))
     print(
         f"{args.preset}, batch {args.batch}, {args.source} source / {args.target} target tokens, "
-        f"AdamW (fused) step, {args.steps} timed steps per engine"
+        f"AdamW (fused) step; {args.rounds} x {args.steps} timed steps per engine, in turns of {args.block} "
+        f"(after one untimed step)"
     )
     directory = save_random_hf_checkpoint(args.preset)
     try:
@@ -128,26 +145,89 @@ def main() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+class Engine:
+    """One engine's process, answering one training step per request."""
+
+    def __init__(self, args: argparse.Namespace, engine: str, precision: str, directory: Path):
+        cmd = [sys.executable, __file__, "--child", engine, precision, str(directory), "--threads",
+               str(args.threads), "--batch", str(args.batch), "--source", str(args.source), "--target",
+               str(args.target)]
+        self.name = engine
+        self.errors = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
+                                        text=True)
+
+    def answer(self) -> dict:
+        for line in self.process.stdout:  # libraries may print other lines; the answers are JSON objects
+            if line.startswith("{"):
+                return json.loads(line)
+        self.errors.seek(0)
+        raise RuntimeError(f"{self.name} stopped:\n{self.errors.read()[-2000:]}")
+
+    def run(self, steps: int) -> list[float]:
+        self.process.stdin.write(f"run {steps}\n")
+        self.process.stdin.flush()
+        return self.answer()["seconds"]
+
+    def finish(self) -> dict:
+        self.process.stdin.close()
+        summary = self.answer()
+        self.process.wait()
+        return summary
+
+
+def interleaved_round(args: argparse.Namespace, engines: list[str], precision: str, directory: Path
+                      ) -> tuple[dict[str, list[list[float]]], dict[str, dict]]:
+    """Per engine, the seconds of its timed steps turn by turn (turn i of each engine: side by side in time),
+    and each one's summary."""
+    procs = [Engine(args, engine, precision, directory) for engine in engines]
+    try:
+        for proc in procs:
+            proc.answer()  # ready: loaded, nothing timed yet
+        for proc in procs:  # the first steps allocate, and torch.compile compiles
+            proc.run(WARMUP_STEPS)
+        turns: dict[str, list[list[float]]] = {engine: [] for engine in engines}
+        for turn in range(max(1, args.steps // args.block)):
+            for proc in procs if turn % 2 == 0 else procs[::-1]:  # who goes first alternates
+                turns[proc.name].append(proc.run(args.block))
+        return turns, {proc.name: proc.finish() for proc in procs}
+    finally:
+        for proc in procs:
+            if proc.process.poll() is None:
+                proc.process.kill()
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+    return q1, median, q3
+
+
 def run_engines(args: argparse.Namespace, directory: Path) -> None:
     engines = ["transformers", "t5kit"] + (["t5kit-compiled"] if args.compile else [])
     flops = model_flops(args.preset, args.batch, args.source, args.target)
-    results: dict[tuple[str, str], dict] = {}
-    per_round: dict[tuple[str, str], list[float]] = {}  # seconds per step, one entry per round
-    for _ in range(args.rounds):  # engines alternate; the fastest round of each counts (robust to load)
+    tokens = args.batch * (args.source + args.target)
+    turns: dict[tuple[str, str], list[list[float]]] = {}  # per engine and precision: each turn's step seconds
+    summaries: dict[tuple[str, str], dict] = {}
+    for _ in range(args.rounds):
         for precision in ("fp32", "bf16"):
+            try:
+                round_turns, round_summaries = interleaved_round(args, engines, precision, directory)
+            except RuntimeError as error:
+                print(f"{precision} failed: {error}")
+                continue
             for engine in engines:
-                cmd = [sys.executable, __file__, "--child", engine, precision, str(directory), "--threads",
-                       str(args.threads), "--steps", str(args.steps), "--batch", str(args.batch), "--source",
-                       str(args.source), "--target", str(args.target)]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode:
-                    print(f"{engine} {precision} failed:\n{out.stderr[-2000:]}")
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                per_round.setdefault((engine, precision), []).append(r["seconds"])
-                best = results.get((engine, precision))
-                if best is None or r["seconds"] < best["seconds"]:
-                    results[(engine, precision)] = r
+                turns.setdefault((engine, precision), []).extend(round_turns[engine])
+                previous = summaries.get((engine, precision), {"peak_rss_mb": 0.0})
+                if round_summaries[engine]["peak_rss_mb"] >= previous["peak_rss_mb"]:
+                    summaries[(engine, precision)] = round_summaries[engine]
+
+    def paired_ratios(engine: str, precision: str) -> list[float]:
+        """transformers' median step over this engine's, turn by turn (the two turns ran side by side)."""
+        base, ours = turns.get(("transformers", precision)), turns.get((engine, precision))
+        if not base or not ours:
+            return []
+        return [statistics.median(hf) / statistics.median(mine) for hf, mine in zip(base, ours)]
+
     peaks = {
         "fp32": matmul_peak(args.threads, torch.float32),
         "bf16": matmul_peak(args.threads, torch.bfloat16),
@@ -161,27 +241,27 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
         f"{'mem vs hf':>9} {'MFU':>6}"
     )
     for precision in ("fp32", "bf16"):
-        base = results.get(("transformers", precision))
         for engine in engines:
-            r = results.get((engine, precision))
-            if r is None:
+            if not turns.get((engine, precision)):
                 continue
-            ratio = r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
-            mem = r["peak_rss_mb"] / base["peak_rss_mb"] if base else float("nan")
-            mfu = flops / r["seconds"] / peaks[precision]
+            seconds = statistics.median(s for turn in turns[(engine, precision)] for s in turn)
+            ratios = paired_ratios(engine, precision)
+            ratio = statistics.median(ratios) if ratios else float("nan")
+            rss = summaries[(engine, precision)]["peak_rss_mb"]
+            base = summaries.get(("transformers", precision))
+            mem = rss / base["peak_rss_mb"] if base else float("nan")
             print(
-                f"{precision:9} {engine:15} {r['seconds'] * 1000:8.1f} {r['tokens_per_s']:9.0f} "
-                f"{ratio:5.2f}x "
-                f"{r['peak_rss_mb']:13.0f} {mem:8.2f}x {mfu:6.1%}"
+                f"{precision:9} {engine:15} {seconds * 1000:8.1f} {tokens / seconds:9.0f} {ratio:5.2f}x "
+                f"{rss:13.0f} {mem:8.2f}x {flops / seconds / peaks[precision]:6.1%}"
             )
-    if args.rounds > 1:  # the table keeps each engine's fastest round; the same-round ratios show the spread
-        for precision in ("fp32", "bf16"):
-            for engine in engines[1:]:
-                pairs = zip(per_round.get(("transformers", precision), []), per_round.get((engine, precision), []))
-                ratios = sorted(hf / ours for hf, ours in pairs)
-                if ratios:
-                    print(f"{precision} {engine} vs transformers, round by round: "
-                          f"{' '.join(f'{x:.2f}x' for x in ratios)} (median {statistics.median(ratios):.2f}x)")
+    print("ms/step: median step; vs hf: median over turns of transformers' median step / this engine's")
+    for precision in ("fp32", "bf16"):
+        for engine in engines[1:]:
+            ratios = paired_ratios(engine, precision)
+            if ratios:
+                q1, median, q3 = quartiles(ratios)
+                print(f"{precision} {engine} vs transformers over {len(ratios)} paired turns: median {median:.2f}x, "
+                      f"quartiles {q1:.2f}x-{q3:.2f}x, range {min(ratios):.2f}x-{max(ratios):.2f}x")
 
 
 if __name__ == "__main__":

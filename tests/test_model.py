@@ -564,7 +564,9 @@ def test_cross_entropy_matches_torch(dtype):
 
 
 def test_rms_norm_backward_matches_torch():
-    """The float32 RMS norm's hand-written backward against autograd through F.rms_norm (1e-5 relative)."""
+    """The float32 training RMS norm (its own forward and hand-written backward) against F.rms_norm and
+    autograd through it: values within 2e-7 relative (the statistic is summed in another order), gradients
+    within 1e-5 relative."""
     from t5kit.model import RMSNorm
 
     torch.manual_seed(0)
@@ -577,6 +579,7 @@ def test_rms_norm_backward_matches_torch():
     grads = torch.autograd.grad(out, (x, norm.weight), upstream)
     reference = torch.nn.functional.rms_norm(x, (48,), norm.weight, norm.eps)
     ref_grads = torch.autograd.grad(reference, (x, norm.weight), upstream)
-    assert torch.equal(out, reference)  # the same fused forward kernel
+    assert out.grad_fn is not None and "RMSNorm" in type(out.grad_fn).__name__  # the training Function ran
+    torch.testing.assert_close(out, reference, atol=1e-7, rtol=2e-7)
     for ours, theirs in zip(grads, ref_grads):
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
