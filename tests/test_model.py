@@ -541,6 +541,47 @@ def test_recycled_buffers_reuse_memory_and_never_overwrite_what_a_caller_kept(ti
     assert model.eval()._recycled._storages == {}  # evaluation gives the memory back
 
 
+class _Adapter(torch.nn.Module):
+    """A low-rank adapter around a linear layer, as parameter-efficient fine-tuning libraries make them: it
+    exposes the wrapped layer's ``weight`` but adds its own term in forward."""
+
+    def __init__(self, base: torch.nn.Linear):
+        super().__init__()
+        self.base = base
+        self.down = torch.nn.Parameter(torch.randn(2, base.in_features) * 0.1)
+        self.up = torch.nn.Parameter(torch.randn(base.out_features, 2) * 0.1)
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + x @ self.down.t() @ self.up.t()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_training_fast_paths_leave_wrapped_layers_to_their_own_forward(tied):
+    """The training Functions (attention, relu feed-forward, head, tied lookup) read weights directly; a layer
+    wrapped by an adapter must still run its own forward, so its extra parameters get gradients."""
+    config = T5Config.from_preset("tiny", feed_forward_proj="relu", tie_word_embeddings=tied, dropout_rate=0.1)
+    torch.manual_seed(0)
+    model = T5Model(config).train()
+    layer = model.encoder.layers[0]
+    layer.self_attn.q = _Adapter(layer.self_attn.q)
+    model.decoder.layers[0].cross_attn.v = _Adapter(model.decoder.layers[0].cross_attn.v)
+    layer.ffn.wi = _Adapter(layer.ffn.wi)
+    adapters = [layer.self_attn.q, model.decoder.layers[0].cross_attn.v, layer.ffn.wi]
+    if not tied:
+        model.lm_head = _Adapter(model.lm_head)
+        adapters.append(model.lm_head)
+    assert not layer.self_attn._fused_training() and not layer.ffn._fused_relu_dropout()
+    assert model.encoder.layers[1].self_attn._fused_training()  # the others keep the fast path
+    ids = torch.randint(3, config.vocab_size, (2, 7))
+    model(input_ids=ids, labels=ids[:, :5]).loss.backward()
+    for adapter in adapters:
+        assert float(adapter.down.grad.abs().max()) > 0 and float(adapter.up.grad.abs().max()) > 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cross_entropy_matches_torch(dtype):
     """t5kit's loss (log-sum-exp per row, gradient written once) against F.cross_entropy on float32 logits:

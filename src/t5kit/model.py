@@ -337,7 +337,7 @@ class _TrainingAttention(torch.autograd.Function):
             out = torch.mm(attended_rows, wo_.t())
         ctx.save_for_backward(x_rows, None if memory is None else m_rows, wq_, wk_, wv_, wo_, q, k, v, probs, keep,
                               dropped, attended_rows)
-        ctx.scale, ctx.heads, ctx.bias_shape, ctx.dtypes = scale, heads, bias.shape, (x.dtype, wq.dtype, wo.dtype)
+        ctx.scale, ctx.bias_shape, ctx.dtypes = scale, bias.shape, (x.dtype, wq.dtype, wo.dtype)
         ctx.memory_dtype = None if memory is None else memory.dtype
         return out.view(batch, q_len, wo.shape[0])
 
@@ -418,14 +418,16 @@ class Attention(nn.Module):
         return self.o(out)
 
     def _fused_training(self) -> bool:
-        """Training with dropout takes :class:`_TrainingAttention`: four plain parameters of one dtype (not
-        fp16, not quantized or sharded layers), and not under torch.compile."""
+        """Training with dropout takes :class:`_TrainingAttention`: four plain ``nn.Linear`` layers whose
+        parameters share one dtype (not fp16; not quantized, sharded or wrapped layers), not under torch.compile."""
         if not self.training or self.dropout == 0.0 or not torch.is_grad_enabled():
             return False
         _check_rate(self.dropout)
-        weights = [getattr(layer, "weight", None) for layer in (self.q, self.k, self.v, self.o)]
+        layers = (self.q, self.k, self.v, self.o)
+        weights = [getattr(layer, "weight", None) for layer in layers]
         return (
-            all(type(w) is nn.Parameter for w in weights)
+            all(type(layer) is nn.Linear for layer in layers)  # a wrapped layer (an adapter) runs its own forward
+            and all(type(w) is nn.Parameter for w in weights)
             and len({w.dtype for w in weights}) == 1
             and weights[0].dtype in (torch.float32, torch.bfloat16)
             and not torch.compiler.is_compiling()
@@ -457,14 +459,17 @@ class FeedForward(nn.Module):
         self.act = _ACTIVATION_FUNCTIONS[config.activation]
 
     def _fused_relu_dropout(self) -> bool:
-        """The relu feed-forward in training takes :class:`_ReluDropoutFeedForward`: plain parameters of one
-        dtype only (not fp16's float32 wo, not quantized or sharded layers), and not under torch.compile."""
+        """The relu feed-forward in training takes :class:`_ReluDropoutFeedForward`: plain ``nn.Linear`` layers
+        with parameters of one dtype (not fp16's float32 wo; not quantized, sharded or wrapped layers), and not
+        under torch.compile."""
         if self.gated or self.act is not F.relu or not self.dropout.training or self.dropout.p == 0.0:
             return False
         _check_rate(self.dropout.p)
         wi, wo = getattr(self.wi, "weight", None), getattr(self.wo, "weight", None)
         return (
-            type(wi) is nn.Parameter
+            type(self.wi) is nn.Linear  # a wrapped layer (an adapter) runs its own forward
+            and type(self.wo) is nn.Linear
+            and type(wi) is nn.Parameter
             and type(wo) is nn.Parameter
             and wi.dtype == wo.dtype
             and not torch.compiler.is_compiling()
@@ -1016,7 +1021,9 @@ class T5Model(nn.Module):
 
     def _tied_gradient(self) -> TiedGradient | None:
         """A :class:`TiedGradient` when training a tied model in plain eager mode, else None."""
-        return TiedGradient() if self.tied and self._trains_in_eager(self.shared.weight) else None
+        if not self.tied or type(self.shared) is not nn.Embedding or type(self.lm_head) is not nn.Linear:
+            return None  # a wrapped lookup or head (an adapter) runs its own forward
+        return TiedGradient() if self._trains_in_eager(self.shared.weight) else None
 
     def _embed(self, ids: Tensor, tied: TiedGradient | None) -> Tensor:
         return self.shared(ids) if tied is None else _TiedEmbedding.apply(ids, self.shared.weight, tied)
@@ -1024,7 +1031,8 @@ class T5Model(nn.Module):
     def lm_logits(self, decoder_hidden: Tensor, tied: TiedGradient | None = None) -> Tensor:
         if self.config.rescale_decoder_output:
             decoder_hidden = decoder_hidden * (self.config.d_model**-0.5)
-        if tied is not None or self._trains_in_eager(getattr(self.lm_head, "weight", None)):
+        plain_head = type(self.lm_head) is nn.Linear  # a wrapped head (an adapter) runs its own forward
+        if tied is not None or (plain_head and self._trains_in_eager(getattr(self.lm_head, "weight", None))):
             return _Head.apply(decoder_hidden, self.lm_head.weight, tied, self._recycled)
         return self.lm_head(decoder_hidden.to(_weight_dtype(self.lm_head, decoder_hidden.dtype)))
 
