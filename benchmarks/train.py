@@ -146,7 +146,7 @@ def main() -> None:
 
 
 class Engine:
-    """One engine's process, answering one training step per request."""
+    """One engine's process: each request runs one turn of training steps and answers their seconds."""
 
     def __init__(self, args: argparse.Namespace, engine: str, precision: str, directory: Path):
         cmd = [sys.executable, __file__, "--child", engine, precision, str(directory), "--threads",
@@ -173,6 +173,7 @@ class Engine:
         self.process.stdin.close()
         summary = self.answer()
         self.process.wait()
+        self.errors.close()
         return summary
 
 
