@@ -381,10 +381,11 @@ def test_fused_relu_dropout_matches_relu_then_dropout():
         ref = ffn.wo(torch.relu(ffn.wi(x)) * keep / 0.9)
         ref_grads = torch.autograd.grad(ref, params, upstream)
     assert out.dtype == ref.dtype == torch.bfloat16
-    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
-    for ours, theirs in zip(grads, ref_grads):
-        assert ours.dtype == theirs.dtype == torch.float32
-        torch.testing.assert_close(ours, theirs, atol=2e-2, rtol=2e-2)
+    for ours, theirs in zip((out, *grads), (ref, *ref_grads)):
+        assert ours.dtype == theirs.dtype == (torch.bfloat16 if ours is out else torch.float32)
+        # bf16 rounds in another order: within 2 bf16 ulps of the largest value, 1% in norm (measured: 1 ulp)
+        assert float((ours.float() - theirs.float()).norm() / theirs.float().norm()) < 1e-2
+        torch.testing.assert_close(ours, theirs, atol=float(theirs.abs().max()) * 2**-6, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["self", "cross"])
@@ -393,7 +394,8 @@ def test_training_attention_with_dropout_matches_the_explicit_computation(kind, 
     """Attention in training with dropout (t5kit's own Function: its layouts, the bias added in place, the
     mask's scale as the matmuls' alpha) against the same steps written out with the same mask: values and
     the gradients of the input, the encoder output (cross), the four projections and the relative-bias
-    table (self; its bias broadcasts over the batch) within 1e-5 in float32, 2e-2 under bf16 autocast."""
+    table (self; its bias broadcasts over the batch) within 1e-5 in float32; under bf16 autocast within 2
+    bf16 ulps of each tensor's largest value and 1% in norm (measured: at most 1 ulp and 0.2-0.6%)."""
     from t5kit.model import dropout_keep_mask
 
     config = _relu_tied_tiny(0.1)
@@ -424,11 +426,14 @@ def test_training_attention_with_dropout_matches_the_explicit_computation(kind, 
             return (out, *torch.autograd.grad(out, params, upstream))
 
     ours, reference = run(False), run(True)
-    tolerance = 2e-2 if autocast else 1e-5
     for a, b in zip(ours, reference):
         assert b.abs().max() > 0
         assert a.dtype == b.dtype
-        torch.testing.assert_close(a, b, atol=tolerance, rtol=tolerance)
+        if autocast:  # bf16 rounds in another order: within 2 bf16 ulps of the largest value, 1% overall
+            assert float((a.float() - b.float()).norm() / b.float().norm()) < 1e-2
+            torch.testing.assert_close(a, b, atol=float(b.abs().max()) * 2**-6, rtol=0)
+        else:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     if cross:  # the padded memory positions get no attention, so no gradient
         assert float(ours[-1][1, 6:].abs().max()) == 0.0
 
