@@ -223,6 +223,19 @@ class _ReluDropoutFeedForward(torch.autograd.Function):
         return grad_x, grad_wi, grad_wo, None
 
 
+def _plain_weights(*layers: nn.Module) -> list[nn.Parameter] | None:
+    """The weights of ``layers`` when the training Functions may read them directly, else None.
+
+    Only plain ``nn.Linear`` / ``nn.Embedding`` layers whose weight is a plain Parameter qualify: a wrapped
+    layer (an adapter) must run its own forward, a quantized layer has no such weight, FSDP's sharded
+    parameters are not Parameters, and torch.compile traces the modules' own path.
+    """
+    if torch.compiler.is_compiling() or any(type(layer) not in (nn.Linear, nn.Embedding) for layer in layers):
+        return None
+    weights = [layer.weight for layer in layers]
+    return weights if all(type(w) is nn.Parameter for w in weights) else None
+
+
 def _autocast_input(x: Tensor) -> Tensor:
     """Under autocast, cast an activation once where several linear layers read it (q/k/v, wi_0/wi_1):
     autocast would otherwise cast it again for each, and sum as many float32 gradients in backward."""
@@ -423,14 +436,11 @@ class Attention(nn.Module):
         if not self.training or self.dropout == 0.0 or not torch.is_grad_enabled():
             return False
         _check_rate(self.dropout)
-        layers = (self.q, self.k, self.v, self.o)
-        weights = [getattr(layer, "weight", None) for layer in layers]
+        weights = _plain_weights(self.q, self.k, self.v, self.o)
         return (
-            all(type(layer) is nn.Linear for layer in layers)  # a wrapped layer (an adapter) runs its own forward
-            and all(type(w) is nn.Parameter for w in weights)
+            weights is not None
             and len({w.dtype for w in weights}) == 1
             and weights[0].dtype in (torch.float32, torch.bfloat16)
-            and not torch.compiler.is_compiling()
         )
 
     def forward(self, x: Tensor, bias: Tensor, memory: Tensor | None = None) -> Tensor:
@@ -465,15 +475,8 @@ class FeedForward(nn.Module):
         if self.gated or self.act is not F.relu or not self.dropout.training or self.dropout.p == 0.0:
             return False
         _check_rate(self.dropout.p)
-        wi, wo = getattr(self.wi, "weight", None), getattr(self.wo, "weight", None)
-        return (
-            type(self.wi) is nn.Linear  # a wrapped layer (an adapter) runs its own forward
-            and type(self.wo) is nn.Linear
-            and type(wi) is nn.Parameter
-            and type(wo) is nn.Parameter
-            and wi.dtype == wo.dtype
-            and not torch.compiler.is_compiling()
-        )
+        weights = _plain_weights(self.wi, self.wo)
+        return weights is not None and weights[0].dtype == weights[1].dtype
 
     def forward(self, x: Tensor) -> Tensor:
         if self._fused_relu_dropout():
@@ -1006,24 +1009,17 @@ class T5Model(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         return self.encoder(self.shared(input_ids), attention_mask)
 
-    def _trains_in_eager(self, weight: object) -> bool:
-        """Whether ``weight`` gets a gradient from this pass in plain eager training: the head and the tied lookup
-        then take the hand-written paths above. Plain leaf parameters only: FSDP's sharded parameters,
-        quantized layers and torch.compile take the ordinary path.
-        """
-        return (
-            self.training
-            and torch.is_grad_enabled()
-            and type(weight) is nn.Parameter
-            and weight.requires_grad
-            and not torch.compiler.is_compiling()
-        )
+    def _trains_in_eager(self, *layers: nn.Module) -> bool:
+        """Whether the weights of ``layers`` get a gradient from this pass in plain eager training: the head and
+        the tied lookup then take the hand-written paths above (see :func:`_plain_weights`)."""
+        if not self.training or not torch.is_grad_enabled():
+            return False
+        weights = _plain_weights(*layers)
+        return weights is not None and all(w.requires_grad for w in weights)
 
     def _tied_gradient(self) -> TiedGradient | None:
         """A :class:`TiedGradient` when training a tied model in plain eager mode, else None."""
-        if not self.tied or type(self.shared) is not nn.Embedding or type(self.lm_head) is not nn.Linear:
-            return None  # a wrapped lookup or head (an adapter) runs its own forward
-        return TiedGradient() if self._trains_in_eager(self.shared.weight) else None
+        return TiedGradient() if self.tied and self._trains_in_eager(self.shared, self.lm_head) else None
 
     def _embed(self, ids: Tensor, tied: TiedGradient | None) -> Tensor:
         return self.shared(ids) if tied is None else _TiedEmbedding.apply(ids, self.shared.weight, tied)
@@ -1031,8 +1027,7 @@ class T5Model(nn.Module):
     def lm_logits(self, decoder_hidden: Tensor, tied: TiedGradient | None = None) -> Tensor:
         if self.config.rescale_decoder_output:
             decoder_hidden = decoder_hidden * (self.config.d_model**-0.5)
-        plain_head = type(self.lm_head) is nn.Linear  # a wrapped head (an adapter) runs its own forward
-        if tied is not None or (plain_head and self._trains_in_eager(getattr(self.lm_head, "weight", None))):
+        if tied is not None or self._trains_in_eager(self.lm_head):
             return _Head.apply(decoder_hidden, self.lm_head.weight, tied, self._recycled)
         return self.lm_head(decoder_hidden.to(_weight_dtype(self.lm_head, decoder_hidden.dtype)))
 
