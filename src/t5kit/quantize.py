@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from t5kit.errors import T5kitError
+from t5kit.kernels import install as install_kernels
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -63,9 +64,9 @@ def convert(model: Any, precision: str) -> Any:
             model.__dict__["_t5kit_inference_copies"] = store
     clone.eval()
     if precision in _DTYPES:
-        return clone.set_dtype(_DTYPES[precision])
+        return install_kernels(clone.set_dtype(_DTYPES[precision]), "inference")
     clone.set_dtype(torch.float32)
-    return quantize_int8(clone)
+    return install_kernels(quantize_int8(clone), "inference")
 
 
 def quantize_int8(model: Any) -> Any:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from t5kit.errors import CheckpointError, ConfigError, DataError, T5kitError
+from t5kit.kernels import install as install_kernels
 from t5kit.train import distributed as D
 from t5kit.train import state as S
 from t5kit.train.config import TrainConfig
@@ -91,30 +92,13 @@ def greedy_decode(
 
 
 def set_dropout(model: nn.Module, rate: float) -> None:
-    """Set every dropout of a T5Model (nn.Dropout modules and the attention-probability rate)."""
-    from t5kit.model import Attention
-
-    model.config.dropout_rate = rate
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = rate
-        elif isinstance(module, Attention):
-            module.dropout = rate
+    """Set every dropout of a T5Model (kept for callers of ``t5kit.train.set_dropout``)."""
+    model.set_dropout(rate)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each encoder/decoder layer in the backward pass instead of keeping its activations."""
-    from torch.utils.checkpoint import checkpoint
-
-    for layer in [*model.encoder.layers, *model.decoder.layers]:
-        inner = layer.forward
-
-        def forward(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
-            if torch.is_grad_enabled():
-                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-            return _inner(*args, **kwargs)
-
-        layer.forward = forward
+    model.set_activation_checkpointing(True)
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -130,7 +114,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             raise ConfigError(f"model.overrides: {err}") from None
     if m.dropout is not None:
         set_dropout(model, m.dropout)
-    return model.float().train()
+    return install_kernels(model.float()).train()
 
 
 def _tokenizer_path(cfg: TrainConfig) -> str | None:

@@ -1,281 +1,25 @@
-"""The model against `transformers` on random checkpoints of every family, built here.
+"""The CPU training kernels (t5kit.kernels.training) against the plain computation they replace.
 
-Tolerances: fp32 logits, loss and encoder states within 1e-5 absolute (logits are O(10)); cached
-incremental decoding within 2e-5 of the full decoder pass; bf16 within 0.1 of fp32 logits after the
-same weights are rounded (bf16 has 8 bits of mantissa).
+t5kit draws its dropout masks from 16-bit slices of 64-bit random words (faster than torch's Bernoulli
+sampler); these tests hold it to what dropout must be: the right rate, unbiased slices, the right scale,
+the matching gradient, reproducible from the seed. Each fused Function is checked against the same steps
+written out with the same mask.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hf_models import FAMILIES, build_hf_model, padded_batch
 
 from t5kit import T5Config, T5Model
-from t5kit.model import Attention, padding_bias, relative_position_bucket, shift_right
-
-ATOL = 1e-5
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family_checkpoint(request, tmp_path_factory):
-    """(family, transformers model, its saved directory)."""
-    hf = build_hf_model(request.param)
-    directory = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(directory)
-    return request.param, hf, directory
-
-
-def test_bucket_reference_points():
-    rel = torch.arange(-200, 201)
-    bi = dict(zip(rel.tolist(), relative_position_bucket(rel, bidirectional=True).tolist()))
-    causal = dict(zip(rel.tolist(), relative_position_bucket(rel, bidirectional=False).tolist()))
-    for r in range(-7, 1):
-        assert bi[r] == -r
-    assert all(bi[r] == 8 for r in range(-11, -7))
-    assert all(bi[r] == 15 for r in range(-200, -90))
-    assert [bi[r] for r in range(1, 8)] == list(range(17, 24))
-    assert all(bi[r] == 24 for r in range(8, 12))
-    assert all(bi[r] == 31 for r in range(91, 201))
-    assert bi[-90] == 14 and bi[90] == 30
-    for r in range(-15, 1):
-        assert causal[r] == -r
-    assert all(causal[r] == 16 for r in (-18, -17, -16))
-    assert all(causal[r] == 31 for r in range(-200, -112))
-    assert causal[-112] == 30
-    assert all(causal[r] == 0 for r in range(1, 50))
-
-
-def test_bucket_matches_transformers_everywhere():
-    from transformers.models.t5.modeling_t5 import T5Attention
-
-    rel = torch.arange(-600, 601)[None, :]
-    for bidirectional in (True, False):
-        for buckets, distance in ((32, 128), (16, 40), (64, 256)):
-            ref = T5Attention._relative_position_bucket(rel, bidirectional, buckets, distance)
-            assert torch.equal(relative_position_bucket(rel, bidirectional, buckets, distance), ref)
-
-
-def test_t5_small_parameter_count():
-    with torch.device("meta"):
-        model = T5Model.from_preset("t5-small")
-    assert model.num_parameters() == 60_506_624
-    assert model.num_parameters(unique=False) == 76_956_160
-
-
-def test_logits_loss_and_encoder_states_match_transformers(family_checkpoint):
-    family, hf, directory = family_checkpoint
-    model = T5Model.from_pretrained(directory)
-    ids, mask, labels = padded_batch(hf.config.vocab_size)
-    with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, labels=labels)
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
-        ref_enc = hf.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        enc = model.encode(ids, mask)
-    assert ref.logits.std() > 0.1  # the comparison is not of near-constant numbers
-    assert (out.logits - ref.logits).abs().max() <= ATOL, family
-    assert abs(out.loss.item() - ref.loss.item()) <= ATOL, family
-    assert (enc - ref_enc).abs().max() <= ATOL, family
-    assert model.tied == (family == "v1.0-relu-tied")
-
-
-def test_gradients_match_transformers(family_checkpoint):
-    family, hf, directory = family_checkpoint
-    model = T5Model.from_pretrained(directory)
-    # Training mode (a tied model then takes the sparse embedding gradient) with dropout off to compare.
-    model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        elif isinstance(module, Attention):
-            module.dropout = 0.0
-    ids, mask, labels = padded_batch(hf.config.vocab_size)
-    hf.zero_grad()
-    hf(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-    pairs = [
-        (hf.shared.weight.grad, model.shared.weight.grad),
-        (hf.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.grad,
-         model.encoder.layers[0].self_attn.relative_bias.weight.grad),
-        (hf.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.grad,
-         model.decoder.layers[0].self_attn.relative_bias.weight.grad),
-        (hf.encoder.block[-1].layer[-1].DenseReluDense.wo.weight.grad, model.encoder.layers[-1].ffn.wo.weight.grad),
-    ]
-    for ref, ours in pairs:
-        assert ref.abs().max() > 0
-        assert (ref - ours).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item()), family
-    hf.zero_grad()
-
-
-def test_transformers_loads_what_t5kit_saves(family_checkpoint, tmp_path):
-    family, hf, directory = family_checkpoint
-    model = T5Model.from_pretrained(directory)
-    model.save_pretrained(tmp_path)
-    reloaded = type(hf).from_pretrained(tmp_path).eval()
-    ids, mask, labels = padded_batch(hf.config.vocab_size, seed=5)
-    with torch.no_grad():
-        ref = reloaded(input_ids=ids, attention_mask=mask, labels=labels)
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    assert (out.logits - ref.logits).abs().max() <= ATOL, family
-    assert abs(out.loss.item() - ref.loss.item()) <= ATOL
-
-
-def test_cached_decoding_equals_full_pass(family_checkpoint):
-    family, _, directory = family_checkpoint
-    model = T5Model.from_pretrained(directory)
-    ids, mask, labels = padded_batch(model.config.vocab_size, target=30)
-    decoder_ids = shift_right(labels)
-    with torch.no_grad():
-        enc = model.encode(ids, mask)
-        full = model(decoder_input_ids=decoder_ids, attention_mask=mask, encoder_hidden_states=enc).logits
-        cache = model.new_cache(enc, mask, max_length=40)
-        pieces = [model.decode_step(decoder_ids[:, :4], cache)]  # a multi-token prefix, then one at a time
-        for t in range(4, decoder_ids.shape[1]):
-            pieces.append(model.decode_step(decoder_ids[:, t : t + 1], cache))
-        assert cache.length == decoder_ids.shape[1]
-        # Reordering the batch (as beam search does) keeps each row's state.
-        order = torch.tensor([2, 0, 1])
-        reordered = cache.select(order)
-        nxt = torch.full((3, 1), 7)
-        a = model.decode_step(nxt, reordered)
-        b = model.decode_step(nxt, cache)[order]
-    assert (torch.cat(pieces, 1) - full).abs().max() <= 2e-5, family
-    assert (a - b).abs().max() <= 1e-5
-
-
-def test_published_and_transformers5_tie_spellings(tmp_path):
-    """A v1.1-style untied model read from the published spelling and from transformers 5.x's spelling."""
-    import json
-
-    hf = build_hf_model("v1.1-gated-untied")
-    hf.save_pretrained(tmp_path)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["tie_word_embeddings"] is True and cfg["scale_decoder_outputs"] is False  # 5.x spelling
-    ids, mask, labels = padded_batch(hf.config.vocab_size)
-    with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, labels=labels).logits
-        five = T5Model.from_pretrained(tmp_path)(input_ids=ids, attention_mask=mask, labels=labels).logits
-        cfg.pop("scale_decoder_outputs")
-        cfg["tie_word_embeddings"] = False  # the published spelling
-        (tmp_path / "config.json").write_text(json.dumps(cfg))
-        published = T5Model.from_pretrained(tmp_path)
-        out = published(input_ids=ids, attention_mask=mask, labels=labels).logits
-    assert not published.tied and not published.config.rescale_decoder_output
-    assert (five - ref).abs().max() <= ATOL and (out - ref).abs().max() <= ATOL
-
-
-def test_bf16_and_fp16(family_checkpoint):
-    family, hf, directory = family_checkpoint
-    ids, mask, labels = padded_batch(hf.config.vocab_size)
-    fp32 = T5Model.from_pretrained(directory)
-    with torch.no_grad():
-        ref = fp32(input_ids=ids, attention_mask=mask, labels=labels)
-        for dtype, tol in ((torch.bfloat16, 0.5), (torch.float16, 0.05)):
-            model = T5Model.from_pretrained(directory, dtype=dtype)
-            assert model.dtype == dtype
-            if dtype == torch.float16:
-                assert model.encoder.layers[0].ffn.wo.weight.dtype == torch.float32
-            out = model(input_ids=ids, attention_mask=mask, labels=labels)
-            assert out.logits.dtype == dtype
-            assert torch.isfinite(out.logits).all()
-            assert (out.logits.float() - ref.logits).abs().max() <= tol * ref.logits.abs().max(), (family, dtype)
-            assert abs(out.loss.item() - ref.loss.item()) <= 0.05 * ref.loss.item()
-
-
-def test_fp16_stays_finite_when_activations_overflow():
-    torch.manual_seed(0)
-    model = T5Model(T5Config.from_preset("tiny", vocab_size=100))
-    with torch.no_grad():
-        for layer in model.encoder.layers:
-            layer.ffn.wo.weight.mul_(3000.0)  # FFN outputs far beyond 65504
-    model.set_dtype(torch.float16)
-    ids = torch.randint(3, 100, (2, 9))
-    with torch.no_grad():
-        out = model(input_ids=ids, labels=ids)
-    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
-
-
-def test_train_mode_dropout_is_active_and_eval_is_deterministic():
-    torch.manual_seed(0)
-    model = T5Model(T5Config.from_preset("tiny", vocab_size=100, dropout_rate=0.3))
-    ids = torch.randint(3, 100, (2, 9))
-    model.train()
-    a, b = model(input_ids=ids, labels=ids).loss, model(input_ids=ids, labels=ids).loss
-    assert a.item() != b.item()
-    model.eval()
-    with torch.no_grad():
-        assert model(input_ids=ids, labels=ids).loss.item() == model(input_ids=ids, labels=ids).loss.item()
-
-
-def test_initialisation_follows_the_paper():
-    torch.manual_seed(0)
-    c = T5Config.from_preset("tiny", d_model=256, d_ff=1024, num_heads=4, d_kv=64, vocab_size=2000)
-    model = T5Model(c)
-    attn = model.encoder.layers[0].self_attn
-    assert attn.q.weight.std().item() == pytest.approx((c.d_model * c.d_kv) ** -0.5, rel=0.05)
-    assert attn.k.weight.std().item() == pytest.approx(c.d_model**-0.5, rel=0.05)
-    assert attn.o.weight.std().item() == pytest.approx(c.inner_dim**-0.5, rel=0.05)
-    assert model.encoder.layers[0].ffn.wo.weight.std().item() == pytest.approx(c.d_ff**-0.5, rel=0.05)
-    assert model.shared.weight.std().item() == pytest.approx(1.0, rel=0.05)
-    assert model.encoder.final_norm.weight.eq(1).all()
-
-
-def test_bad_ids_give_clear_errors():
-    model = T5Model(T5Config.from_preset("tiny", vocab_size=100))
-    with pytest.raises(ValueError, match=r"outside \[0, 100\)"):
-        model(input_ids=torch.tensor([[5, 100]]), labels=torch.tensor([[1]]))
-    with pytest.raises(ValueError, match="shape"):
-        model.encode(torch.tensor([5, 6]))
-    with pytest.raises(TypeError, match="integer"):
-        model.encode(torch.tensor([[0.5]]))
-
-
-@pytest.mark.parametrize("preset_family", ["v1.0-relu-tied", "umt5-per-layer-bias"])
-def test_packed_examples_match_the_same_examples_alone(preset_family, tmp_path):
-    """With segment ids and positions, a packed example attends only to itself and gets its own logits."""
-    from t5kit.data import Collator
-
-    hf = build_hf_model(preset_family)
-    hf.save_pretrained(tmp_path)
-    model = T5Model.from_pretrained(tmp_path)
-    g = torch.Generator().manual_seed(3)
-    examples = [{"inputs": torch.randint(3, 300, (n,), generator=g).tolist() + [1],
-                 "targets": torch.randint(3, 300, (m,), generator=g).tolist() + [1]}
-                for n, m in ((5, 3), (11, 6), (3, 2), (20, 9), (7, 4))]
-    packed = Collator(pack=True, inputs_length=40, targets_length=16)(examples)
-    assert packed["input_ids"].shape[0] < len(examples)  # several examples really share rows
-    with torch.no_grad():
-        out = model(**packed)
-        seen = 0
-        for row in range(packed["input_ids"].shape[0]):
-            for segment in packed["decoder_segment_ids"][row].unique().tolist():
-                if segment == 0:
-                    continue
-                where = packed["decoder_segment_ids"][row] == segment
-                labels = packed["labels"][row][where]
-                example = next(e for e in examples if e["targets"] == labels.tolist())
-                alone = model(input_ids=torch.tensor([example["inputs"]]), labels=torch.tensor([example["targets"]]))
-                assert (out.logits[row][where] - alone.logits[0]).abs().max() <= 1e-5
-                seen += 1
-        assert seen == len(examples)
-        # Without the segment ids the examples would see each other: the logits differ.
-        leaky = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
-                      decoder_input_ids=packed["decoder_input_ids"]).logits
-        assert (leaky - out.logits).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="packed batches need"):
-        model(input_ids=packed["input_ids"], labels=packed["labels"], encoder_segment_ids=packed["encoder_segment_ids"])
-
-
-# ---------------------------------------------------------------------------------------------- dropout
-# t5kit draws its dropout masks from 16-bit slices of 64-bit random words (faster than torch's Bernoulli
-# sampler); these tests hold it to what dropout must be: the right rate, unbiased slices, the right
-# scale, the matching gradient, reproducible from the seed.
+from t5kit.kernels import install
+from t5kit.kernels.training.dropout import FastDropout, dropout, dropout_keep_mask
+from t5kit.kernels.training.head import RecycledBuffers, cross_entropy
+from t5kit.model import Attention, FeedForward, RMSNorm, padding_bias
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
 def test_dropout_mask_rate_and_independence(p):
-    from t5kit.model import dropout_keep_mask
-
     torch.manual_seed(0)
     n = 1_000_003  # not a multiple of the 4 slices per random word
     keep = dropout_keep_mask((n,), p)
@@ -291,8 +35,6 @@ def test_dropout_mask_rate_and_independence(p):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_scales_kept_values_and_gradient(dtype):
-    from t5kit.model import dropout
-
     torch.manual_seed(0)
     x = (torch.rand(64, 257) + 0.5).to(dtype).requires_grad_()  # no exact zeros: zero means dropped
     torch.manual_seed(1)
@@ -315,8 +57,6 @@ def test_dropout_model_training_is_reproducible_and_checkpointing_replays_masks(
     """Same seed, same loss and gradients; activation checkpointing (which re-runs the forward in backward
     after restoring the RNG state) gives the same gradients as keeping activations. Both feed-forward kinds:
     the relu one fuses relu and dropout in place, and the tied head takes the in-place embedding gradient."""
-    from t5kit.train.loop import enable_activation_checkpointing
-
     config = T5Config.from_preset("tiny", dropout_rate=0.1)
     if family == "relu-tied":
         config = _relu_tied_tiny(0.1)
@@ -325,9 +65,9 @@ def test_dropout_model_training_is_reproducible_and_checkpointing_replays_masks(
 
     def grads(checkpointing: bool):
         torch.manual_seed(0)
-        model = T5Model(config).train()
+        model = install(T5Model(config)).train()
         if checkpointing:
-            enable_activation_checkpointing(model)
+            model.set_activation_checkpointing(True)
         torch.manual_seed(3)
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
@@ -349,11 +89,9 @@ def test_fused_relu_dropout_matches_relu_then_dropout():
     """The relu feed-forward fuses relu and dropout and applies 1/(1-p) after wo: same values and gradients
     as relu, mask, scale, wo done one by one with the same mask (fp32; 1e-5, as the scale is applied at a
     different point, so sums round differently)."""
-    from t5kit.model import FeedForward, dropout_keep_mask
-
     config = _relu_tied_tiny(0.1)
     torch.manual_seed(0)
-    ffn = FeedForward(config).train()
+    ffn = install(FeedForward(config)).train()
     x = torch.randn(3, 7, config.d_model, requires_grad=True)
     upstream = torch.randn(3, 7, config.d_model)
     params = (x, ffn.wi.weight, ffn.wo.weight)
@@ -396,13 +134,11 @@ def test_training_attention_with_dropout_matches_the_explicit_computation(kind, 
     the gradients of the input, the encoder output (cross), the four projections and the relative-bias
     table (self; its bias broadcasts over the batch) within 1e-5 in float32; under bf16 autocast within 2
     bf16 ulps of each tensor's largest value and 1% in norm (measured: at most 1 ulp and 0.2-0.6%)."""
-    from t5kit.model import dropout_keep_mask
-
     config = _relu_tied_tiny(0.1)
     torch.manual_seed(0)
     cross = kind == "cross"
-    attn = Attention(config, has_relative_bias=not cross).train()
-    assert attn._fused_training()
+    attn = install(Attention(config, has_relative_bias=not cross, cross=cross)).train()
+    assert attn.fused()
     x = torch.randn(2, 6, config.d_model, requires_grad=True)
     memory = torch.randn(2, 9, config.d_model, requires_grad=True) if cross else None
     upstream = torch.randn(2, 6, config.d_model)
@@ -442,9 +178,7 @@ def test_training_attention_with_dropout_matches_the_explicit_computation(kind, 
 def test_residual_dropout_add_matches_add_of_dropout(dtype):
     """``Dropout.add_to(residual, x)`` is residual + dropout(x) in one pass; the residual stays float32
     when x is bf16 (as under autocast), and each gets its own gradient in its own dtype."""
-    from t5kit.model import Dropout, dropout_keep_mask
-
-    drop = Dropout(0.1).train()
+    drop = FastDropout(0.1).train()
     residual = torch.randn(4, 9, 32, requires_grad=True)
     x = torch.randn(4, 9, 32).to(dtype).requires_grad_()
     upstream = torch.randn(4, 9, 32)
@@ -466,7 +200,7 @@ def test_tied_training_gradient_is_dense_and_equals_the_dense_lookup():
     never reaches the head, when the decoder's lookup is separate, and across gradient accumulation."""
     config = _relu_tied_tiny(0.0)
     torch.manual_seed(0)
-    model = T5Model(config)
+    model = install(T5Model(config))
     ids = torch.randint(3, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
     labels = torch.randint(3, config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))
 
@@ -506,12 +240,10 @@ def test_recycled_buffers_reuse_memory_and_never_overwrite_what_a_caller_kept(ti
     left as they were."""
     import copy
 
-    from t5kit.model import RecycledBuffers
-
     config = _relu_tied_tiny(0.0)
     config.tie_word_embeddings = tied
     torch.manual_seed(0)
-    model = T5Model(config)
+    model = install(T5Model(config))
     ids = torch.randint(3, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
     labels = torch.randint(3, config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))
 
@@ -570,7 +302,7 @@ def test_training_fast_paths_leave_wrapped_layers_to_their_own_forward(tied):
     wrapped by an adapter must still run its own forward, so its extra parameters get gradients."""
     config = T5Config.from_preset("tiny", feed_forward_proj="relu", tie_word_embeddings=tied, dropout_rate=0.1)
     torch.manual_seed(0)
-    model = T5Model(config).train()
+    model = install(T5Model(config)).train()
     layer = model.encoder.layers[0]
     layer.self_attn.q = _Adapter(layer.self_attn.q)
     model.decoder.layers[0].cross_attn.v = _Adapter(model.decoder.layers[0].cross_attn.v)
@@ -579,8 +311,8 @@ def test_training_fast_paths_leave_wrapped_layers_to_their_own_forward(tied):
     if not tied:
         model.lm_head = _Adapter(model.lm_head)
         adapters.append(model.lm_head)
-    assert not layer.self_attn._fused_training() and not layer.ffn._fused_relu_dropout()
-    assert model.encoder.layers[1].self_attn._fused_training()  # the others keep the fast path
+    assert not layer.self_attn.fused() and not layer.ffn.fused()
+    assert model.encoder.layers[1].self_attn.fused()  # the others keep the fast path
     ids = torch.randint(3, config.vocab_size, (2, 7))
     model(input_ids=ids, labels=ids[:, :5]).loss.backward()
     for adapter in adapters:
@@ -592,8 +324,6 @@ def test_cross_entropy_matches_torch(dtype):
     """t5kit's loss (log-sum-exp per row, gradient written once) against F.cross_entropy on float32 logits:
     value within 1e-6, gradient within 1e-7 in fp32 (one bf16 rounding for bf16 logits), -100 ignored,
     more rows than one pass holds, and nan when every label is ignored, as torch gives."""
-    from t5kit.model import cross_entropy
-
     torch.manual_seed(0)
     logits = (torch.randn(37, 1000) * 4).to(dtype).requires_grad_()
     labels = torch.randint(0, 1000, (37,))
@@ -613,10 +343,8 @@ def test_rms_norm_backward_matches_torch():
     """The float32 training RMS norm (its own forward and hand-written backward) against F.rms_norm and
     autograd through it: values within 2e-7 relative (the statistic is summed in another order), gradients
     within 1e-5 relative."""
-    from t5kit.model import RMSNorm
-
     torch.manual_seed(0)
-    norm = RMSNorm(48)
+    norm = install(RMSNorm(48)).train()
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
     x = (torch.randn(3, 5, 48) * 3).requires_grad_()

@@ -1,4 +1,4 @@
-"""Decoder key/value cache for incremental decoding.
+"""The decoder's key/value cache for incremental decoding: allocation, update, row selection, beam reordering.
 
 Self-attention keys/values live in buffers preallocated to the longest sequence the caller asks for and
 are filled one step at a time (no reallocation per token). Cross-attention keys/values depend only on
@@ -32,6 +32,44 @@ class DecoderCache:
     self_bias_by_distance: list[torch.Tensor]
     length: int = 0  # positions already written
     beams: int = 1  # consecutive decoder rows that share one cross-attention row (beam search)
+
+    @classmethod
+    def allocate(
+        cls,
+        cross_k: list[torch.Tensor],
+        cross_v: list[torch.Tensor],
+        cross_bias: torch.Tensor,
+        self_bias_by_distance: list[torch.Tensor],
+        max_length: int,
+    ) -> DecoderCache:
+        """Empty self-attention buffers of ``max_length`` positions, shaped and typed like the cross keys."""
+        batch, heads, _, d_kv = cross_k[0].shape
+        like = cross_k[0]
+        shape = (batch, heads, max_length, d_kv)
+        return cls(
+            self_k=[like.new_empty(shape) for _ in cross_k],
+            self_v=[like.new_empty(shape) for _ in cross_k],
+            cross_k=cross_k,
+            cross_v=cross_v,
+            cross_bias=cross_bias,
+            self_bias_by_distance=self_bias_by_distance,
+        )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's keys/values [batch, heads, new, d_kv] of ``layer`` after the ``length`` positions
+        already there; return the keys/values of every position so far. The decoder advances ``length``
+        once all its layers have written (:meth:`advance`)."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"decoder cache holds {self.max_length} positions; this step would reach {end}")
+        k_buf, v_buf = self.self_k[layer], self.self_v[layer]
+        k_buf[:, :, start:end] = k
+        v_buf[:, :, start:end] = v
+        return k_buf[:, :, :end], v_buf[:, :, :end]
+
+    def advance(self, new: int) -> None:
+        """Count ``new`` positions as written (after every layer's :meth:`update`)."""
+        self.length += new
 
     @property
     def max_length(self) -> int:

@@ -1,0 +1,36 @@
+"""When a training Function may run in place of a module's own forward: the checks they all share."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def training_pass(module: nn.Module) -> bool:
+    """A training step in plain eager mode: the module trains, autograd records, torch.compile is not tracing
+    (a compiled model traces the modules' own plain path instead)."""
+    return module.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def plain_weights(*layers: nn.Module) -> list[nn.Parameter] | None:
+    """The weights of ``layers`` when the training Functions may read them directly, else None.
+
+    Only plain ``nn.Linear`` / ``nn.Embedding`` layers whose weight is a plain Parameter qualify: a wrapped
+    layer (an adapter) must run its own forward, a quantized layer has no such weight, FSDP's sharded
+    parameters are not Parameters.
+    """
+    if any(type(layer) not in (nn.Linear, nn.Embedding) for layer in layers):
+        return None
+    weights = [layer.weight for layer in layers]
+    return weights if all(type(w) is nn.Parameter for w in weights) else None
+
+
+def linear_dtype(device: str, default: torch.dtype) -> torch.dtype:
+    """The dtype autocast would run a linear layer in on ``device``; ``default`` when autocast is off."""
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else default
+
+
+def autocast_input(x: Tensor) -> Tensor:
+    """Under autocast, cast an activation once where several linear layers read it (q/k/v, wi_0/wi_1):
+    autocast would otherwise cast it again for each, and sum as many float32 gradients in backward."""
+    return x.to(linear_dtype(x.device.type, x.dtype))
