@@ -105,7 +105,7 @@ class Tokenizer(TokenizerBase):
                 f"{name_or_path}: special ids pad/eos/unk are {got}, T5 needs (0, 1, 2); "
                 "train the vocabulary with `t5kit tokenizer train`"
             )
-        self._sp_no_prefix = None
+        self._sp_no_prefix: spm.SentencePieceProcessor | None = None  # built on first use (see _no_prefix)
         self.num_pieces = sp.get_piece_size()
         self.num_sentinels = int(num_sentinels)
         self.vocab_size = self.num_pieces + self.num_sentinels
@@ -246,7 +246,7 @@ class Tokenizer(TokenizerBase):
 
     # -- encoding ----------------------------------------------------------------------------------
     @property
-    def _no_prefix(self):
+    def _no_prefix(self) -> spm.SentencePieceProcessor:
         """A second processor without the dummy "▁" prefix: text glued to a preceding special token."""
         if self._sp_no_prefix is None:
             self._sp_no_prefix = _load_processor(with_dummy_prefix(self._model_proto, False), self.name_or_path)
