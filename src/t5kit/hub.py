@@ -51,7 +51,7 @@ def resolve(
         raise error(f"{path} is a file; pass the {what} directory (the one that holds config.json or spiece.model)")
     text = str(path_or_repo_id)
     if not looks_like_repo_id(text):
-        raise error(f"no {what} directory at {text!r}: check the path, or pass a Hugging Face repo id such as "
+        raise error(f"no such {what} directory: {text!r}; check the path, or pass a Hugging Face repo id such as "
                     "'google/flan-t5-small'")
     try:
         from huggingface_hub import snapshot_download
