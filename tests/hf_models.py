@@ -84,10 +84,9 @@ def assert_as_accurate_as_reference(ours, theirs, exact, what: str, factor: floa
     engines' own rounding against float64 gives a bound that moves with the machine: on an Intel Xeon (AMX)
     t5kit's float32 logits error was 0.9-1.1x transformers' (5e-7 ... 8e-6), its bf16 error 0.75-1.0x.
     """
-    ours, theirs, exact = (torch.as_tensor(t).double() for t in (ours, theirs, exact))
-    eps = torch.finfo(torch.float32 if ours.dtype == torch.float64 else ours.dtype).eps
-    dtype_eps = {torch.float32: torch.finfo(torch.float32).eps}
-    eps = dtype_eps.get(torch.float32, eps)
+    ours, theirs, exact = (torch.as_tensor(t) for t in (ours, theirs, exact))
+    eps = torch.finfo(ours.dtype).eps
+    ours, theirs, exact = ours.double(), theirs.double(), exact.double()
     error, reference_error = float((ours - exact).abs().max()), float((theirs - exact).abs().max())
     bound = factor * reference_error + ulps * eps * float(exact.abs().max())
     assert error <= bound, f"{what}: error {error:.3g} against float64 > {bound:.3g} (transformers: {reference_error:.3g})"
