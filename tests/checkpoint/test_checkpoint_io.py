@@ -11,8 +11,9 @@ from hf_models import build_hf_model, padded_batch
 from safetensors.torch import load_file, save_file
 
 from t5kit import T5Config, T5Model
-from t5kit.checkpoint import SAFETENSORS_INDEX_NAME, hf_state_dict, load_model
+from t5kit.checkpoint import SAFETENSORS_INDEX_NAME
 from t5kit.errors import CheckpointError, ConfigError
+from t5kit.model import hf_state_dict, load_model
 
 
 @pytest.fixture()
