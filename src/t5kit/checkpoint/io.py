@@ -172,9 +172,19 @@ def cast_state_dict(state: Mapping[str, torch.Tensor], dtype: torch.dtype | str 
         target = stored.dtype if stored is not None else torch.float32
     else:
         target = dtype or torch.float32
-    return {name: tensor.to(device=device, dtype=torch.float32 if target == torch.float16 and keeps_fp32_in_fp16(name)
-                            else target)
-            for name, tensor in state.items()}
+
+    def dtype_of(name: str) -> torch.dtype:
+        return torch.float32 if target == torch.float16 and keeps_fp32_in_fp16(name) else target
+
+    return {name: tensor.to(device=device, dtype=dtype_of(name)) for name, tensor in state.items()}
+
+
+def _hf_name(name: str) -> str:
+    """The name a user sees in their files (a name outside the table as it is)."""
+    try:
+        return t5kit_to_hf_name(name)
+    except KeyError:
+        return name
 
 
 def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, Sequence[int]],
@@ -189,7 +199,7 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, S
         parts = []
         for kind, names in (("missing", missing), ("unexpected", unexpected)):
             if names:
-                parts.append(f"{kind} {', '.join(t5kit_to_hf_name(n) for n in names[:5])}"
+                parts.append(f"{kind} {', '.join(_hf_name(n) for n in names[:5])}"
                              f"{' ...' if len(names) > 5 else ''} ({len(names)})")
         raise CheckpointError(
             f"checkpoint {source} does not fit its config.json: {'; '.join(parts)}. "
@@ -198,7 +208,7 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, S
     for name, shape in shapes.items():
         if tuple(state[name].shape) != shape:
             raise CheckpointError(
-                f"tensor {t5kit_to_hf_name(name)} has shape {tuple(state[name].shape)} in the checkpoint but the "
+                f"tensor {_hf_name(name)} has shape {tuple(state[name].shape)} in the checkpoint but the "
                 f"config implies {shape}; check config.json (d_model, d_ff, num_heads, d_kv, vocab_size)"
             )
 
