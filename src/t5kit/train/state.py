@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from t5kit.checkpoint import convert_hf_state_dict, read_state_dict
 from t5kit.errors import CheckpointError
+from t5kit.model import save_model
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.pt"
@@ -201,8 +203,6 @@ def save_checkpoint(
     ``model`` is the plain T5Model (full weights); ``optimizer_state`` its optimiser's state dict.
     On any write error the temporary directory is removed and a CheckpointError says why.
     """
-    from t5kit.checkpoint import save_model
-
     out = Path(out)
     final = out / name
     tmp = out / f".tmp-{name}-{os.getpid()}"
@@ -249,8 +249,6 @@ def save_checkpoint(
 
 def load_weights(model: torch.nn.Module, directory: Path) -> None:
     """Copy a checkpoint's weights into an existing model (keeping its parameter objects)."""
-    from t5kit.checkpoint import convert_hf_state_dict, read_state_dict
-
     state, tied = convert_hf_state_dict(read_state_dict(directory), model.config)
     if tied:
         state["lm_head.weight"] = state["shared.weight"]
