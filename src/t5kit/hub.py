@@ -53,8 +53,8 @@ def resolve(
         raise error(f"{path} is a file; pass the {what} directory (the one that holds config.json or spiece.model)")
     text = str(path_or_repo_id)
     if not looks_like_repo_id(text):
-        raise error(f"no such {what} directory: {text!r}; check the path, or pass a Hugging Face repo id such as "
-                    "'google/flan-t5-small'")
+        raise error(f"no {what} directory at {text!r} (no such file or directory): check the path, or pass a "
+                    "Hugging Face repo id such as 'google/flan-t5-small'")
     try:
         return Path(snapshot_download(text, revision=revision, allow_patterns=allow_patterns or CHECKPOINT_FILES))
     except Exception as err:  # offline, unknown repo, gated repo: all end the same way for the user

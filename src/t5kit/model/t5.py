@@ -245,12 +245,13 @@ class T5Model(nn.Module):
                 nn.init.normal_(module.wo.weight, std=f * c.d_ff**-0.5)
 
     def set_dtype(self, dtype: torch.dtype) -> T5Model:
-        """Cast to ``dtype``; in float16 the feed-forward output projections stay float32 (overflow)."""
+        """Cast to ``dtype``; in float16 the feed-forward output projections stay float32 (overflow), by the
+        checkpoint loader's rule (``t5kit.checkpoint.io.keeps_fp32_in_fp16``)."""
         self.to(dtype)
         if dtype == torch.float16:
-            for module in self.modules():
-                if isinstance(module, FeedForward):
-                    module.wo.float()
+            for name, parameter in self.named_parameters():
+                if checkpoint_io.keeps_fp32_in_fp16(name):
+                    parameter.data = parameter.data.float()
         return self
 
     def set_dropout(self, rate: float) -> None:
