@@ -89,4 +89,5 @@ def assert_as_accurate_as_reference(ours, theirs, exact, what: str, factor: floa
     ours, theirs, exact = ours.double(), theirs.double(), exact.double()
     error, reference_error = float((ours - exact).abs().max()), float((theirs - exact).abs().max())
     bound = factor * reference_error + ulps * eps * float(exact.abs().max())
-    assert error <= bound, f"{what}: error {error:.3g} against float64 > {bound:.3g} (transformers: {reference_error:.3g})"
+    assert error <= bound, (
+        f"{what}: error {error:.3g} against float64 > {bound:.3g} (transformers: {reference_error:.3g})")
