@@ -290,7 +290,7 @@ def generation_parameters_model(
     bounds per option (``{"num_beams": {"le": 16}}``); ``seed``: add an optional ``seed`` (>= 0).
     Fields with ``request=False`` in their metadata (token ids) are never included.
     """
-    from pydantic import BaseModel, ConfigDict, Field, model_validator  # optional: serve
+    from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator  # optional: serve
 
     defaults = dict(defaults or {})
     limits = dict(limits or {})
@@ -335,8 +335,6 @@ def generation_parameters_model(
             except GenerationError as err:
                 raise ValueError(str(err)) from None
             return self
-
-    from pydantic import create_model  # optional: serve
 
     model = create_model(name, __base__=Parameters, **fields)
     model.__doc__ = "Decoding options (derived from t5kit.generate.GenerationConfig)."
