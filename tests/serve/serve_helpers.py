@@ -152,7 +152,9 @@ class GatedEngine:
             self.held.set()
             assert self._gate.wait(BOUND_S), "the test never opened the gate"
             self.held.clear()
-        pause, self._pause = self._pause and len(rows) > 1, False
+        pause = self._pause and len(rows) > 1
+        if pause:
+            self._pause = False
         for event in self._engine.run_batch(rows, max_new_tokens, settings, is_cancelled):
             yield event
             if pause and event[2] is not None:  # a row ended; the batcher has answered it already

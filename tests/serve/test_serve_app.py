@@ -288,6 +288,7 @@ def test_no_batching_and_request_timeout(live):
         t.join(BOUND_S)
         assert result is None or result["status"] == 200, result
     assert s.gate.sizes == [1, 1, 1, 1, 1]  # every batch held one row
+    wait_until(lambda: s.metrics.value("t5kit_batch_size_count") == 5, "every batch counted")
     text = httpx.get(s.url + "/metrics", timeout=10).text
     sizes = metric_values(text, "t5kit_batch_size_bucket")
     assert sizes['{le="1.0"}'] == sizes['{le="+Inf"}'] == 5
