@@ -335,7 +335,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(live):
 
 def test_precision_choices_are_the_shared_ones(live):
     from t5kit.cli import build_parser
-    from t5kit.quantize import PRECISIONS
+    from t5kit.kernels.inference.precision import PRECISIONS
 
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # noqa: SLF001
     flag = next(a for a in serve._actions if "--precision" in a.option_strings)  # noqa: SLF001

@@ -8,7 +8,7 @@ from serve_helpers import save_tiny_checkpoint
 
 from t5kit.errors import T5kitError
 from t5kit.generate import generate
-from t5kit.quantize import PRECISIONS
+from t5kit.kernels.inference.precision import PRECISIONS
 from t5kit.serve.engine import DecodingSettings, Engine
 
 

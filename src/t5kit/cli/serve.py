@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from t5kit.quantize import PRECISIONS
+from t5kit.kernels.inference.precision import add_precision_argument
 
 EPILOG = """\
 example:
@@ -117,11 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: as saved)"
     )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="serve a converted copy: fp32, bf16, or int8 weights (default: the model as loaded)",
-    )
+    add_precision_argument(p, default=None)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     g = p.add_argument_group("batching")
     g.add_argument(

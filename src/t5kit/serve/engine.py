@@ -14,22 +14,13 @@ from typing import Any
 
 import torch
 
+from t5kit.data.prefixes import task_prefixes
 from t5kit.errors import T5kitError, closest_names
 from t5kit.generate import generate, stream
 from t5kit.hub import resolve
+from t5kit.kernels.inference.precision import check_precision, inference_model
 from t5kit.model import T5Model
-from t5kit.quantize import PRECISIONS, inference_model
 from t5kit.tokenizer import load_tokenizer
-
-# Task presets: the prefixes T5 was trained with (and that t5kit.data's task kinds write).
-TASK_PREFIXES: dict[str, str] = {
-    "translate_en_de": "translate English to German: ",
-    "translate_en_fr": "translate English to French: ",
-    "translate_en_ro": "translate English to Romanian: ",
-    "summarize": "summarize: ",
-    "question": "question: ",
-    "define": "define: ",
-}
 
 
 @dataclass(frozen=True)
@@ -68,7 +59,7 @@ class DecodingSettings:
 class Engine:
     """A loaded model and tokenizer, decoding batches for :class:`t5kit.serve.batcher.Batcher`.
 
-    ``precision`` (one of ``t5kit.quantize.PRECISIONS``: fp32, bf16, int8 weights) serves a converted
+    ``precision`` (one of ``t5kit.kernels.inference.precision.PRECISIONS``: fp32, bf16, int8 weights) serves a converted
     copy of ``model``, made once here; ``None`` serves the model as it is. ``run_batch`` must only be
     called from one thread at a time (the batcher's worker); the lock makes a mistake there an ordinary
     wait instead of two torch calls racing on the same weights.
@@ -82,19 +73,15 @@ class Engine:
         source: str | None = None,
         precision: str | None = None,
     ):
-        if precision is not None and precision not in PRECISIONS:
-            raise T5kitError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision is not None:
+            check_precision(precision)
         model = model.eval()
         self.model = inference_model(model, precision) if precision is not None else model
         self.precision = precision
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
-        self.tasks = dict(TASK_PREFIXES)
-        specific = (getattr(model.config, "extra", None) or {}).get("task_specific_params") or {}
-        for task, params in specific.items():  # e.g. "translation_en_to_de" from a published config.json
-            if isinstance(params, dict) and isinstance(params.get("prefix"), str):
-                self.tasks.setdefault(task, params["prefix"])
+        self.tasks = task_prefixes(model.config)  # the registry's, plus the checkpoint's task_specific_params
         self._lock = threading.Lock()
 
     @classmethod

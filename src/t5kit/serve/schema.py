@@ -13,17 +13,15 @@ server logs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from t5kit.errors import closest_names
 from t5kit.generate import GenerationConfig, GenerationError
+from t5kit.generate.options import check_option, generation_parameters_model, option_fields
 
 JSON_SCALARS = (bool, int, float, str, type(None))
 
@@ -57,43 +55,20 @@ def limit_error(status: int, limit: str, value: Any, message: str) -> APIError:
 
 
 # ------------------------------------------------------------------------------------------------ parameters
-def parameters_model(config: type = GenerationConfig) -> type[BaseModel]:
-    """The request's ``parameters`` model, derived from the decoding-options dataclass ``config``.
+def parameters_model() -> type[BaseModel]:
+    """The request's ``parameters`` model: ``t5kit.generate.options``' own derivation of the decoding options.
 
-    Each field of ``config`` whose type is a JSON scalar (or a union of them) becomes a request parameter
-    with the field's type and default, except the token ids (``*_token_id``: the model's own, read from its
-    config) and ``num_return_sequences`` (the server answers one output per input). Two parameters are the
-    server's: ``max_new_tokens`` defaults to the server's ``default_max_new_tokens`` instead of the config's
-    default, and ``seed`` makes sampling reproducible. Values are checked by :func:`decoding_options`.
-
-    The one place that turns the options definition into the HTTP schema (to be swapped for the
-    definition's own derivation once there is one).
+    Every option a client may set (not the token ids: the model's own) except ``num_return_sequences`` (the
+    server answers one output per input) and ``suppress_tokens``; ``max_new_tokens`` defaults to the
+    server's ``default_max_new_tokens``, and ``seed`` makes sampling reproducible. Values are checked by
+    :func:`decoding_options`.
     """
-    hints = typing.get_type_hints(config)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        kind = hints[f.name]
-        if f.name.endswith("_token_id") or f.name == "num_return_sequences" or not _is_scalar(kind):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        fields[f.name] = (kind, Field(default))
-    fields["max_new_tokens"] = (int | None, Field(None, description="new tokens at most (default: server's)"))
-    fields["seed"] = (int | None, Field(None, ge=0, description="sampling seed; a seeded request is batched alone"))
-    return create_model(
-        "GenerateParameters",
-        __config__=ConfigDict(extra="forbid", strict=True),
-        __doc__=f"Decoding options (the fields of ``{config.__module__}.{config.__name__}``).",
-        **fields,
-    )
-
-
-def _is_scalar(kind: Any) -> bool:
-    if typing.get_origin(kind) in (Union, types.UnionType):
-        return all(_is_scalar(k) for k in typing.get_args(kind))
-    return kind in JSON_SCALARS
+    return generation_parameters_model(
+        "GenerateParameters", exclude=("num_return_sequences", "suppress_tokens"), defaults={"max_new_tokens": None})
 
 
 GenerateParameters = parameters_model()
+OPTION_NAMES = frozenset(f.name for f in option_fields())
 SERVER_PARAMETERS = ("seed",)  # in the parameters model, not options of GenerationConfig
 
 
@@ -172,8 +147,24 @@ def parse_request(body: bytes) -> GenerateRequest:
     try:
         return GenerateRequest.model_validate(data)
     except ValidationError as err:
+        option_error = _option_bound_error(err)
+        if option_error is not None:
+            raise option_error from None
         text, details = _readable(err)
         raise APIError(422, "invalid_request", text, details=details) from None
+
+
+def _option_bound_error(err: ValidationError) -> APIError | None:
+    """A decoding option's value out of its bounds, in ``GenerationConfig``'s words (the schema carries the
+    same bounds for OpenAPI, but pydantic would word them its own way)."""
+    for e in err.errors(include_url=False):
+        loc = e["loc"]
+        if len(loc) == 2 and loc[0] == "parameters" and loc[1] in OPTION_NAMES:
+            try:
+                check_option(str(loc[1]), e.get("input"))
+            except GenerationError as option_err:
+                return _option_error(str(option_err), {str(loc[1]): e.get("input")})
+    return None
 
 
 def _readable(err: ValidationError) -> tuple[str, list[dict[str, Any]]]:

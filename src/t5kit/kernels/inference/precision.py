@@ -44,10 +44,12 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def add_precision_argument(parser: argparse.ArgumentParser | Any, default: str = "fp32") -> None:
-    """``--precision {fp32,bf16,int8}``: the one flag, for every command that runs a model for inference."""
+def add_precision_argument(parser: argparse.ArgumentParser | Any, default: str | None = "fp32") -> None:
+    """``--precision {fp32,bf16,int8}``: the one flag, for every command that runs a model for inference
+    (``default=None``: the model as loaded)."""
+    said = default if default is not None else "the model as loaded"
     parser.add_argument("--precision", default=default, choices=list(PRECISIONS),
-                        help=f"inference precision: fp32, bf16, or int8 weights (default {default})")
+                        help=f"inference precision: fp32, bf16, or int8 weights (default: {said})")
 
 
 def _version(model: nn.Module) -> tuple:
