@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_train_support import restore_threads, small_config, write_number_task  # noqa: F401
+from train_support import restore_threads, small_config, write_number_task  # noqa: F401
 
 from t5kit import T5Model
 from t5kit.train import TrainConfig, train

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_support import (
+from train_support import (
     PYTHON,
     load_weights,
     max_abs_diff,

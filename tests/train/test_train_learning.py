@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_support import require_vocab, restore_threads  # noqa: F401
+from train_support import require_vocab, restore_threads  # noqa: F401
 
 from t5kit.train import TrainConfig, train
 from t5kit.train.loop import build_model, build_streams, evaluate, load_tokenizer

@@ -7,7 +7,7 @@ import errno
 from pathlib import Path
 
 import pytest
-from test_train_support import restore_threads, small_config, write_number_task  # noqa: F401
+from train_support import restore_threads, small_config, write_number_task  # noqa: F401
 
 from t5kit.errors import CheckpointError
 from t5kit.train import TrainConfig, train
