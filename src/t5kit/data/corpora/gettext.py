@@ -37,6 +37,7 @@ from t5kit.data.corpora.common import (
     write_manifest,
 )
 from t5kit.errors import DataError
+from t5kit.io import write_text
 
 LOCALE_DIR = "/usr/share/locale"
 
@@ -244,7 +245,7 @@ def import_gettext(
     packages = sorted(set(owners.values()))
     manifest["source_packages"] = {p: package_licence(p) for p in packages}
     manifest["catalogues_without_package"] = len([f for f in all_files if str(f) not in owners])
-    (out / "tasks.yaml").write_text("\n".join(tasks_yaml) + "\n", encoding="utf-8")
+    write_text(out / "tasks.yaml", "\n".join(tasks_yaml) + "\n")
     write_manifest(out, manifest)
     return manifest
 
