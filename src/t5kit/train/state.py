@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from t5kit.checkpoint import convert_hf_state_dict, read_state_dict, save_model
 from t5kit.errors import CheckpointError
+from t5kit.io import write_json
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.pt"
@@ -201,8 +203,6 @@ def save_checkpoint(
     ``model`` is the plain T5Model (full weights); ``optimizer_state`` its optimiser's state dict.
     On any write error the temporary directory is removed and a CheckpointError says why.
     """
-    from t5kit.checkpoint import save_model
-
     out = Path(out)
     final = out / name
     tmp = out / f".tmp-{name}-{os.getpid()}"
@@ -213,8 +213,7 @@ def save_checkpoint(
         save_model(model, tmp)
         _save_torch(optimizer_state, tmp / OPTIMIZER_NAME)
         _save_torch(torch_rng, tmp / RNG_NAME)
-        text = json.dumps(trainer_state, indent=1, sort_keys=True)
-        (tmp / STATE_NAME).write_text(text + "\n", encoding="utf-8")
+        write_json(tmp / STATE_NAME, trainer_state, indent=1, sort_keys=True)
         for child in tmp.iterdir():
             with open(child, "rb") as f:
                 os.fsync(f.fileno())
@@ -249,8 +248,6 @@ def save_checkpoint(
 
 def load_weights(model: torch.nn.Module, directory: Path) -> None:
     """Copy a checkpoint's weights into an existing model (keeping its parameter objects)."""
-    from t5kit.checkpoint import convert_hf_state_dict, read_state_dict
-
     state, tied = convert_hf_state_dict(read_state_dict(directory), model.config)
     if tied:
         state["lm_head.weight"] = state["shared.weight"]

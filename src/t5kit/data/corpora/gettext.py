@@ -20,6 +20,7 @@ Cleaning, and why:
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from collections import Counter, defaultdict
@@ -252,8 +253,6 @@ def import_gettext(
 
 def iter_pairs(out: str | Path, lang: str, split: str, source_lang: str = "en") -> Iterator[dict[str, Any]]:
     """Read back one split written by :func:`import_gettext`."""
-    import json
-
     with open(Path(out) / f"{source_lang}-{lang}" / f"{split}.jsonl", encoding="utf-8") as f:
         for line in f:
             yield json.loads(line)

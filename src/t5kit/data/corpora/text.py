@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import html.parser
+import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -218,8 +219,6 @@ def import_text(
     dirs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the pre-training text corpus; ``limit`` caps documents per source (quick trials, tests)."""
-    import json
-
     for s in sources:
         if s not in _READERS:
             raise DataError(f"unknown text source {s!r}; use {', '.join(TEXT_SOURCES)}." + closest_names(s, _READERS))
