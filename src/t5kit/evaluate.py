@@ -158,7 +158,8 @@ def validate(
     Returns (metrics, a few ``input => prediction | reference`` sample lines for a log). Keys: ``NAME/val_loss``
     and ``NAME/METRIC`` per set, ``val_loss`` and ``val_tokens`` over all sets, and each metric's mean over the
     sets that compute it. ``model`` is put in eval mode for the call and back in its previous mode after.
-    ``generate=False`` (loss only) is for a sharded model that cannot decode on its own.
+    ``generate=False`` (loss only) is for a sharded model that cannot decode on its own. Greedy decoding never
+    picks an id past the tokenizer's (the rows T5 pads its vocabulary with): those are no text.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
 
@@ -167,6 +168,9 @@ def validate(
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=autocast_dtype)
 
+    # A vocabulary padded past the tokenizer (T5's 32,128 rows for 32,100 pieces) has rows that are no token: a
+    # model trained from scratch can still pick one early on, and the tokenizer could not decode it.
+    padding_ids = tuple(range(len(tokenizer), model.config.vocab_size)) if generate else ()
     was_training = model.training
     model.eval()
     results: dict[str, float] = {}
@@ -193,6 +197,7 @@ def validate(
                             batch["input_ids"],
                             batch["attention_mask"],
                             max_new_tokens=max_new_tokens,
+                            suppress_tokens=padding_ids,
                             warn_on_length_limit=False,
                         )
                     ids = decoded.sequences[:, 1:].tolist()  # the decoder start token dropped

@@ -10,14 +10,16 @@ keeps the plain model, the one its tests and its reading are about, unless it as
 is moved to its device first, because :func:`~t5kit.kernels.install` decides by device: on CUDA it leaves
 the plain path (SDPA, autocast), since the kernels were measured on CPU only.
 
-The vocabulary, checked before the first step: a model whose vocabulary is smaller than the tokenizer's
-fails at its first forward, and one larger than the tokenizer's (beyond T5's padding) trains every step and
-then fails at the first evaluation, when it emits an id the tokenizer cannot decode. So a preset, trained
-from scratch, is *sized from the tokenizer*: the tokenizer's size rounded up to a multiple of 128, as T5
-pads 32,100 pieces to 32,128 (which is also every T5 preset's size, so runs on the T5 vocabulary build the
-same model as before). Sizing rather than checking because from scratch there is nothing to keep: asking
-the user to type a number the trainer can compute would only add a step. A checkpoint, or an explicit
-``model.overrides.vocab_size``, is *checked* against the same rule, with the fix in the error.
+The vocabulary, settled before the first step: a model whose vocabulary is smaller than the tokenizer's fails
+at its first forward, and one much larger (a preset's 32,128 ids for a tokenizer of 12,100) trains every step
+and then fails at the first evaluation, when it emits an id the tokenizer cannot decode. So a preset, trained
+from scratch, is *sized from the tokenizer*: its size rounded up to a multiple of 128, T5's convention (32,100
+pieces -> 32,128 rows), which is also every T5 preset's size, so a run on the T5 vocabulary builds the same
+model as before. Sizing rather than only checking because from scratch there is nothing to keep: an error would
+ask the user to type a number the trainer can compute. A checkpoint, or an explicit
+``model.overrides.vocab_size``, is *checked* against the same range (the tokenizer's size up to that multiple of
+128), with the fix in the error. The few padding rows above the tokenizer's ids are no text: validation
+(:func:`t5kit.evaluate.validate`) never decodes them.
 """
 
 from __future__ import annotations
