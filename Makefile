@@ -23,10 +23,12 @@ demo: $(VENV)/.core-installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m pip install -q -e ".[bench]"

@@ -60,7 +60,7 @@ def engine_runner(engine: str, directory: Path):
         precision = engine.split("-")[1]
         model = T5Model.from_pretrained(directory).eval()
         if precision != "fp32":
-            from t5kit.quantize import inference_model
+            from t5kit.kernels.inference.precision import inference_model
 
             model = inference_model(model, precision)
 

@@ -54,8 +54,10 @@ def child(args: argparse.Namespace) -> None:
         model = transformers.T5ForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.float32)
     else:
         from t5kit import T5Model
+        from t5kit.kernels import install
 
-        model = T5Model.from_pretrained(args.checkpoint, dtype=torch.float32)
+        # As t5kit's trainer prepares it: the CPU training kernels swapped in (t5kit.kernels).
+        model = install(T5Model.from_pretrained(args.checkpoint, dtype=torch.float32))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     forward = torch.compile(model) if args.engine == "t5kit-compiled" else model

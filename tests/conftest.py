@@ -1,4 +1,6 @@
-"""Shared test fixtures: everything is built in code; the real T5 vocabulary is in tests/fixtures/t5-vocab."""
+"""Shared test fixtures: everything is built in code; the real T5 vocabulary is the one shipped in the package
+(src/t5kit/resources/t5-vocab), so the tests check what users get; its tokenizer.json form, test data only, is
+in tests/fixtures/t5-vocab."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from t5kit.tokenizer import t5_vocabulary_path
+
 # Two cores on CI: keep torch from oversubscribing them when pytest runs things in parallel.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-T5_VOCAB = Path(__file__).resolve().parent / "fixtures" / "t5-vocab"
+T5_VOCAB = t5_vocabulary_path()  # spiece.model
+T5_TOKENIZER_JSON = Path(__file__).resolve().parent / "fixtures" / "t5-vocab" / "tokenizer.json"
 
 
 @pytest.fixture(scope="session")

@@ -65,3 +65,29 @@ def padded_batch(vocab_size: int, seed: int = 1, batch: int = 3, source: int = 3
     labels[1, target - 6:] = -100
     labels[2, 4:] = -100
     return input_ids, attention_mask, labels
+
+
+def float64_twin(model):
+    """A float64 copy of a `transformers` model: the reference both engines' rounding is measured against."""
+    import copy
+
+    return copy.deepcopy(model).double()
+
+
+def assert_as_accurate_as_reference(ours, theirs, exact, what: str, factor: float = 2.0, ulps: float = 4.0) -> None:
+    """``ours`` (t5kit) is no further from ``exact`` (transformers in float64) than ``factor`` times
+    ``theirs`` (transformers in the same precision as ours) is, plus ``ulps`` units of that precision at the
+    values' largest size.
+
+    A fixed tolerance such as 1e-5 on logits of size ~10 is a few float32 ulps: it holds or fails with the
+    CPU's GEMM kernels (AVX-512 and AVX2 sum in other orders), not with t5kit's correctness. Measuring both
+    engines' own rounding against float64 gives a bound that moves with the machine: on an Intel Xeon (AMX)
+    t5kit's float32 logits error was 0.9-1.1x transformers' (5e-7 ... 8e-6), its bf16 error 0.75-1.0x.
+    """
+    ours, theirs, exact = (torch.as_tensor(t) for t in (ours, theirs, exact))
+    eps = torch.finfo(ours.dtype).eps
+    ours, theirs, exact = ours.double(), theirs.double(), exact.double()
+    error, reference_error = float((ours - exact).abs().max()), float((theirs - exact).abs().max())
+    bound = factor * reference_error + ulps * eps * float(exact.abs().max())
+    assert error <= bound, (
+        f"{what}: error {error:.3g} against float64 > {bound:.3g} (transformers: {reference_error:.3g})")

@@ -84,7 +84,7 @@ def evaluate(generator: Any, task: Any, split: str = "test", *, metrics: list[st
              progress: bool = True, **decoding: Any) -> EvalResult:
     """Generate for each example of ``task``'s ``split`` and score the outputs.
 
-    ``generator`` is a :class:`t5kit.generate.Generator`; ``decoding`` options go to its ``generate``
+    ``generator`` is a :class:`t5kit.Generator`; ``decoding`` options go to its ``generate``
     (greedy by default). ``metrics`` overrides the task's own metric names.
     """
     examples = task_examples(task, split, max_examples, skip_bad)

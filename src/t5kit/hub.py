@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
+
 from t5kit.errors import T5kitError
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
@@ -51,13 +53,8 @@ def resolve(
         raise error(f"{path} is a file; pass the {what} directory (the one that holds config.json or spiece.model)")
     text = str(path_or_repo_id)
     if not looks_like_repo_id(text):
-        raise error(f"no {what} directory at {text!r}: check the path, or pass a Hugging Face repo id such as "
-                    "'google/flan-t5-small'")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as err:  # pragma: no cover - a core dependency
-        raise error(f"{text!r} is not a local directory and huggingface_hub is not installed: "
-                    "pip install huggingface_hub") from err
+        raise error(f"no {what} directory at {text!r} (no such file or directory): check the path, or pass a "
+                    "Hugging Face repo id such as 'google/flan-t5-small'")
     try:
         return Path(snapshot_download(text, revision=revision, allow_patterns=allow_patterns or CHECKPOINT_FILES))
     except Exception as err:  # offline, unknown repo, gated repo: all end the same way for the user

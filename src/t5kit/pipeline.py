@@ -1,11 +1,31 @@
-"""The text pipeline: text in, text out over a model and a tokenizer.
+"""The text pipeline: text in, text out over a model and a tokenizer (``t5kit.Generator``).
 
-(Being assembled for #16: ``Generator`` moves here from ``t5kit.generate``.)
+:class:`Generator` does what search (:mod:`t5kit.generate`) leaves to its caller: tokenizing, task
+prefixes and their decoding defaults, batching by length, the inference precision, and detokenizing,
+including the incremental detokenizer :class:`TextStream` that streaming (here and in the server) uses.
+
+Where the pieces come from: task prefixes from the one registry (:mod:`t5kit.data.prefixes`) and the
+model's ``task_specific_params``; precision from :mod:`t5kit.kernels.inference.precision`; loading from
+``T5Model.from_pretrained`` and ``t5kit.tokenizer.load_tokenizer``, on a directory resolved once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from t5kit.data.prefixes import PREFIXES, model_tasks
+from t5kit.errors import CheckpointError, closest_names
+from t5kit.generate import GenerationConfig, GenerationError, generate, stream
+from t5kit.hub import resolve
+from t5kit.kernels import install as install_kernels
+from t5kit.kernels.inference.precision import check_precision, inference_model
+from t5kit.model import T5Model
+from t5kit.tokenizer import load_tokenizer
 
 
 class TextStream:
@@ -38,3 +58,167 @@ class TextStream:
             return ""
         piece, self.sent = text[len(self.sent):], text
         return piece
+
+
+@dataclass
+class GenerationResult:
+    """One output text. ``token_ids``: the generated ids (no decoder start, no padding; EOS kept if produced)."""
+
+    text: str
+    token_ids: list[int]
+    input_tokens: int
+    output_tokens: int
+    stop_reason: str
+    score: float | None = None
+
+
+# transformers' task_specific_params count the decoder start in max_length/min_length; t5kit counts new tokens.
+_TASK_KEYS = {"num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "do_sample", "temperature",
+              "top_k", "top_p", "repetition_penalty", "num_return_sequences", "max_new_tokens", "min_new_tokens"}
+
+
+class Generator:
+    """Text in, text out: tokenizes, batches (sorted by length, order preserved), decodes, detokenizes.
+
+    ``tokenizer`` needs ``encode(text, add_eos=True) -> list[int]``, ``decode(ids, skip_special_tokens=...)``,
+    ``pad_token_id``/``eos_token_id`` are taken from the model's config. Ids the tokenizer cannot decode
+    (the model's embedding has 28 rows beyond T5's 32,100 ids) are never generated.
+
+    ``precision`` ("fp32", "bf16", "int8"; ``None``: the model as it is) decodes with
+    :func:`~t5kit.kernels.inference.precision.inference_model`'s copy of ``model``: converted once, kept,
+    and refreshed after the original's weights change (so a trainer's evaluations see its latest step).
+    ``model`` itself is never modified.
+    """
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, precision: str | None = None,
+                        revision: str | None = None, **load_options: Any) -> Generator:
+        """Model and tokenizer from one checkpoint directory (or hub repo id), resolved once.
+
+        The loaded model belongs to the generator, so its inference kernels are installed on it
+        (``t5kit.kernels.install(model, "inference")``; a converted precision gets them too).
+        """
+        directory = resolve(path_or_repo_id, what="checkpoint", revision=revision, error=CheckpointError)
+        model = install_kernels(T5Model.from_pretrained(str(directory), **load_options), "inference")
+        return cls(model, load_tokenizer(directory), precision=precision)
+
+    def __init__(self, model: Any, tokenizer: Any, precision: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.precision = check_precision(precision) if precision is not None else None
+        model_vocab = model.config.vocab_size
+        tok_vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
+        self._unreachable = tuple(range(min(tok_vocab, model_vocab), model_vocab))
+
+    @property
+    def decoding_model(self) -> Any:
+        """The model that decodes: ``model`` in ``precision`` (see the class docstring)."""
+        return self.model if self.precision is None else inference_model(self.model, self.precision)
+
+    # -- tasks
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """``task_specific_params`` of the model's config (t5-* checkpoints carry summarization, translation ...)."""
+        return model_tasks(self.model.config)
+
+    def task_options(self, task: str | None) -> tuple[str, dict[str, Any]]:
+        """(prefix, decoding options) of a named task, in t5kit's terms (new-token counts).
+
+        A task of the model's config comes first (its prefix and decoding defaults), then a preset of the
+        prefix registry (:data:`t5kit.data.prefixes.PREFIXES`: the prefix only).
+        """
+        if task is None:
+            return "", {}
+        tasks = self.tasks
+        if task not in tasks:
+            if task in PREFIXES:
+                return PREFIXES[task], {}
+            known = ", ".join(sorted(tasks)) or "none (the config has no task_specific_params)"
+            raise GenerationError(f"unknown task {task!r}; this model's tasks: {known}; t5kit's task presets: "
+                                  f"{', '.join(sorted(PREFIXES))}.{closest_names(task, [*tasks, *PREFIXES])}")
+        params = dict(tasks[task])
+        prefix = str(params.pop("prefix", "") or "")
+        options: dict[str, Any] = {}
+        if "max_length" in params:
+            options["max_new_tokens"] = max(1, int(params.pop("max_length")) - 1)
+        if "min_length" in params:
+            options["min_new_tokens"] = max(0, int(params.pop("min_length")) - 1)
+        options.update({k: v for k, v in params.items() if k in _TASK_KEYS})
+        return prefix, options
+
+    def _options(self, task: str | None, decoding: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        prefix, options = self.task_options(task)
+        options.update(decoding)
+        if self._unreachable:
+            options["suppress_tokens"] = tuple(options.get("suppress_tokens", ())) + self._unreachable
+        return prefix, options
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- whole outputs
+    def generate(self, texts: str | Sequence[str], task: str | None = None, batch_size: int = 16,
+                 return_scores: bool = False, generator: torch.Generator | None = None,
+                 **decoding: Any) -> list[GenerationResult]:
+        """Results in the order of ``texts`` (``num_return_sequences`` consecutive results per text).
+
+        ``decoding``: :class:`~t5kit.generate.GenerationConfig` options over the task's defaults;
+        ``generator`` makes sampling reproducible.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise GenerationError("texts is empty: nothing to generate from")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
+        prefix, options = self._options(task, decoding)
+        GenerationConfig.from_options(**options)  # fail before any work on a bad option
+        model = self.decoding_model
+        encoded = [self.tokenizer.encode(prefix + t, add_eos=True) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+        per_text: dict[int, list[GenerationResult]] = {}
+        pad = self.model.config.pad_token_id
+        for start in range(0, len(order), batch_size):
+            chunk = order[start: start + batch_size]
+            longest = max(len(encoded[i]) for i in chunk)
+            ids = torch.full((len(chunk), longest), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(chunk):
+                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, : len(encoded[i])] = 1
+            out = generate(model, ids, mask, return_scores=return_scores, generator=generator, **options)
+            copies = out.sequences.shape[0] // len(chunk)
+            for row, i in enumerate(chunk):
+                results = []
+                for c in range(copies):
+                    r = row * copies + c
+                    generated = out.sequences[r, 1: 1 + out.num_new_tokens[r]].tolist()
+                    results.append(GenerationResult(
+                        text=self._decode(generated), token_ids=generated, input_tokens=len(encoded[i]),
+                        output_tokens=len(generated), stop_reason=out.stop_reasons[r],
+                        score=float(out.scores[r]) if out.scores is not None else None))
+                per_text[i] = results
+        return [result for i in range(len(texts)) for result in per_text[i]]
+
+    # -- streaming
+    def stream(self, text: str, task: str | None = None, generator: torch.Generator | None = None,
+               **decoding: Any) -> Iterator[str]:
+        """Yield text pieces as tokens arrive; their concatenation is the decoded output (see :class:`TextStream`)."""
+        if not isinstance(text, str):
+            raise GenerationError(f"stream() takes one string, not {type(text).__name__}")
+        prefix, options = self._options(task, decoding)
+        ids = torch.tensor([self.tokenizer.encode(prefix + text, add_eos=True)])
+        pieces = TextStream(self._decode)
+        for event in stream(self.decoding_model, ids, generator=generator, **options):
+            if event.token_id is None:
+                break
+            piece = pieces.push(event.token_id)
+            if piece:
+                yield piece
+        tail = pieces.finish()
+        if tail:
+            yield tail
+
+
+__all__ = ["GenerationResult", "Generator", "TextStream"]

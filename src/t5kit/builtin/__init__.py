@@ -12,10 +12,9 @@ The weights are stored in bfloat16 to keep the package small; they are loaded as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from t5kit.generate import Generator
+from t5kit.data.prefixes import PREFIXES
+from t5kit.pipeline import Generator
 
 BUILTIN_DIR: Path = Path(__file__).resolve().parent
 """The model directory (config.json, model.safetensors, spiece.model, tokenizer config, MODEL_CARD.md)."""
@@ -23,24 +22,20 @@ BUILTIN_DIR: Path = Path(__file__).resolve().parent
 MODEL_DIR: Path = BUILTIN_DIR  # the name ``t5kit serve`` looks for
 
 # Held-out inputs (TEST splits of the gettext and WordNet imports, never seen in training) for demos.
-DEMO_INPUTS: list[str] = [
-    "translate English to French: Configuration file",
-    "translate English to French: Could not write new index file.",
-    "translate English to French: Invalid number of parameters",
-    "translate English to French: Don't show this message again",
-    "translate English to German: Suggested packages:",
-    "translate English to German: The list of subproperties",
-    "translate English to German: Don't clear environment on startup",
-    "define: firehouse",
-    "define: armor",
-]
+TASKS = ("translate_en_fr", "translate_en_de", "define")
+"""The tasks the model was fine-tuned on (names of the prefix registry, :data:`t5kit.data.prefixes.PREFIXES`)."""
 
-TASK_PREFIXES: dict[str, str] = {
-    "translate English to French": "translate English to French: ",
-    "translate English to German": "translate English to German: ",
-    "define": "define: ",
-}
-"""The tasks the model was fine-tuned on, by the prefix its inputs must start with."""
+TASK_PREFIXES: dict[str, str] = {name: PREFIXES[name] for name in TASKS}
+"""The prefix each of :data:`TASKS` puts before its inputs."""
+
+DEMO_INPUTS: list[str] = [
+    *(PREFIXES["translate_en_fr"] + text for text in (
+        "Configuration file", "Could not write new index file.", "Invalid number of parameters",
+        "Don't show this message again")),
+    *(PREFIXES["translate_en_de"] + text for text in (
+        "Suggested packages:", "The list of subproperties", "Don't clear environment on startup")),
+    *(PREFIXES["define"] + word for word in ("firehouse", "armor")),
+]
 
 
 def model_path() -> str:
@@ -49,14 +44,12 @@ def model_path() -> str:
 
 
 def load_builtin(precision: str = "fp32") -> Generator:
-    """A text-level :class:`t5kit.generate.Generator` for the shipped model.
+    """A text-level :class:`t5kit.Generator` for the shipped model.
 
     ``precision``: "fp32" (default; the bf16-stored weights are widened once at load), "bf16" or "int8"
-    (converted for inference by :mod:`t5kit.generate`).
+    (converted for inference by :mod:`t5kit.kernels.inference.precision`).
     """
-    from t5kit.generate import Generator
-
     return Generator.from_pretrained(str(BUILTIN_DIR), precision=precision)
 
 
-__all__ = ["BUILTIN_DIR", "DEMO_INPUTS", "MODEL_DIR", "TASK_PREFIXES", "load_builtin", "model_path"]
+__all__ = ["BUILTIN_DIR", "DEMO_INPUTS", "MODEL_DIR", "TASKS", "TASK_PREFIXES", "load_builtin", "model_path"]

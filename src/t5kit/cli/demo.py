@@ -12,6 +12,7 @@ import argparse
 import random
 import string
 import time
+from typing import Any
 
 
 def _byte_ids(text: str) -> list[int]:
@@ -42,12 +43,17 @@ def _batch(pairs: list[tuple[str, str]]):
     return ids, (ids != 0).long(), pad(targets, -100)
 
 
-def toy_demo(seconds: float = 25.0, seed: int = 0) -> float:
-    """Train a tiny byte-level T5 for ``seconds`` and return its exact-match accuracy on held-out words."""
+def toy_demo(seconds: float = 25.0, seed: int = 0, precision: str = "fp32",
+             decoding: dict[str, Any] | None = None) -> float:
+    """Train a tiny byte-level T5 for ``seconds`` and return its exact-match accuracy on held-out words.
+
+    ``precision`` and ``decoding`` (``t5kit.generate`` options) apply to the held-out decoding.
+    """
     import torch
 
     from t5kit import T5Config, T5Model
     from t5kit.generate import generate
+    from t5kit.kernels.inference.precision import inference_model
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -79,13 +85,14 @@ def toy_demo(seconds: float = 25.0, seed: int = 0) -> float:
             print(f"  step {step:4d}  loss {loss.item():.3f}  {time.perf_counter() - start:5.1f} s", flush=True)
     model.eval()
     ids, mask, _ = _batch(held_out)
+    decoder = inference_model(model, precision)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        out = generate(model, ids, mask, max_new_tokens=12)
+        out = generate(decoder, ids, mask, **{"max_new_tokens": 12, **(decoding or {})})
     elapsed = time.perf_counter() - t0
     predictions = [_byte_text(seq.tolist()[1:]) for seq in out.sequences]
     correct = sum(p == b for p, (_, b) in zip(predictions, held_out))
-    print(f"\nHeld-out inputs ({len(held_out)} decoded in {elapsed * 1000:.0f} ms, batched greedy):")
+    print(f"\nHeld-out inputs ({len(held_out)} decoded in {elapsed * 1000:.0f} ms, batched, {precision}):")
     for (a, b), p in list(zip(held_out, predictions))[:8]:
         print(f"  {a:22s} -> {p:10s} {'ok' if p == b else f'(expected {b})'}")
     accuracy = correct / len(held_out)
@@ -93,11 +100,12 @@ def toy_demo(seconds: float = 25.0, seed: int = 0) -> float:
     return accuracy
 
 
-def builtin_demo() -> None:
+def builtin_demo(precision: str = "fp32", decoding: dict[str, Any] | None = None) -> None:
+    """The built-in model on :data:`t5kit.builtin.DEMO_INPUTS`; ``decoding`` overrides the demo's choices."""
     from t5kit.builtin import BUILTIN_DIR, DEMO_INPUTS, load_builtin
 
     t0 = time.perf_counter()
-    generator = load_builtin()
+    generator = load_builtin(precision=precision)
     params = generator.model.num_parameters()
     print(f"Loaded the built-in model ({params / 1e6:.1f}M parameters) in {time.perf_counter() - t0:.2f} s.")
     print("A small model trained from scratch on a 2-core CPU in about 2.7 hours: held-out BLEU 24.7 en->fr, "
@@ -106,8 +114,8 @@ def builtin_demo() -> None:
     for text in DEMO_INPUTS:
         t0 = time.perf_counter()
         # translations with beam 4, as the card's scores were measured; definitions greedy
-        decoding = {"num_beams": 4} if text.startswith("translate ") else {}
-        result = generator.generate([text], **decoding)[0]
+        options = {"num_beams": 4} if text.startswith("translate ") else {}
+        result = generator.generate([text], **{**options, **(decoding or {})})[0]
         print(f"{text}\n  -> {result.text}   ({(time.perf_counter() - t0) * 1000:.0f} ms, "
               f"{result.output_tokens} tokens)")
 
@@ -115,6 +123,9 @@ def builtin_demo() -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
+    from t5kit.generate.options import options_from_args
+
+    decoding = options_from_args(args)
     torch.set_num_threads(max(1, min(args.threads, torch.get_num_threads())))
     try:
         import t5kit.builtin  # noqa: F401
@@ -123,17 +134,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ImportError:
         has_builtin = False
     if has_builtin:
-        builtin_demo()
+        builtin_demo(precision=args.precision, decoding=decoding)
     else:
-        toy_demo(seconds=args.seconds)
+        toy_demo(seconds=args.seconds, precision=args.precision, decoding=decoding)
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from t5kit.generate.options import add_generation_arguments
+    from t5kit.kernels.inference.precision import add_precision_argument
+
     p = subparsers.add_parser(
         "demo", help="run the built-in model on a few inputs (or train a toy T5 if none is installed)",
         description=__doc__, epilog="example: t5kit demo", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--toy", action="store_true", help="run the train-from-scratch toy demo even with a built-in model")
     p.add_argument("--seconds", type=float, default=25.0, help="training time of the toy demo")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    add_precision_argument(p)
+    add_generation_arguments(p)
     p.set_defaults(func=cmd_demo)

@@ -12,45 +12,27 @@ from t5kit.errors import DataError, T5kitError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--model, --precision (the one flag of t5kit.kernels.inference.precision) and --threads."""
+    from t5kit.kernels.inference.precision import add_precision_argument
+
     p.add_argument("--model", "-m", default=None,
                    help="checkpoint directory or Hugging Face repo id (default: the built-in model)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="inference precision: fp32, bf16, or int8 weights (default fp32)")
+    add_precision_argument(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="stop after this many new tokens")
-    g.add_argument("--min-new-tokens", type=int, default=None, help="forbid EOS before this many new tokens")
-    g.add_argument("--num-beams", type=int, default=None, help="beam search with this many beams (1 = greedy)")
-    g.add_argument("--length-penalty", type=float, default=None, help="beam length penalty exponent")
-    g.add_argument("--length-penalty-style", choices=["hf", "gnmt"], default=None,
-                   help="hf: score / len^alpha; gnmt: score / ((5 + len) / 6)^alpha (the T5 paper's)")
-    g.add_argument("--early-stopping", action="store_true", default=None, help="stop beams at num_beams finished")
-    g.add_argument("--num-return-sequences", type=int, default=None, help="outputs per input")
-    g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
-    g.add_argument("--temperature", type=float, default=None)
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
-    g.add_argument("--no-repeat-ngram-size", type=int, default=None)
-    g.add_argument("--repetition-penalty", type=float, default=None)
+    """One flag per decoding option, derived from t5kit.generate.GenerationConfig."""
+    from t5kit.generate.options import add_generation_arguments
 
-
-DECODING_KEYS = ("max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "length_penalty_style",
-                 "early_stopping", "num_return_sequences", "do_sample", "temperature", "top_k", "top_p",
-                 "no_repeat_ngram_size", "repetition_penalty")
+    add_generation_arguments(p)
 
 
 def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the options the user gave: the task's and the library's defaults fill in the rest."""
-    options = {k: getattr(args, k) for k in DECODING_KEYS if getattr(args, k, None) is not None}
-    if getattr(args, "seed", None) is not None:
-        import torch
+    """Only the options the user gave (checked): the task's and the library's defaults fill in the rest."""
+    from t5kit.generate.options import options_from_args
 
-        options["generator"] = torch.Generator().manual_seed(args.seed)
-    return options
+    return options_from_args(args)
 
 
 def load_generator(args: argparse.Namespace):
@@ -59,7 +41,7 @@ def load_generator(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from t5kit.generate import Generator
+    from t5kit.pipeline import Generator
 
     if args.model is None:
         try:
@@ -68,6 +50,17 @@ def load_generator(args: argparse.Namespace):
             raise T5kitError("no built-in model is installed in this copy of t5kit; pass --model DIR") from None
         return load_builtin(precision=args.precision)
     return Generator.from_pretrained(args.model, precision=args.precision)
+
+
+def decode_lines(data: bytes, name: str) -> list[str]:
+    """The lines of ``data`` as UTF-8 text; a byte that is not UTF-8 is one error naming the file and line."""
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(f"{name}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
+                        "convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8") from None
 
 
 def read_inputs(args: argparse.Namespace) -> list[str]:
@@ -80,13 +73,13 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
         path = Path(args.input)
         if not path.exists():
             raise DataError(f"input file {path} does not exist")
-        lines = path.read_text(encoding="utf-8", errors="strict").splitlines()
         name = str(path)
+        lines = decode_lines(path.read_bytes(), name)
     else:
         if sys.stdin.isatty():
             raise DataError("no input: give texts as arguments, --input FILE, or pipe lines into stdin")
-        lines = sys.stdin.read().splitlines()
         name = "<stdin>"
+        lines = decode_lines(sys.stdin.buffer.read(), name)
     jsonl = args.input is not None and path.suffix.lower() in (".jsonl", ".json")
     texts = []
     for number, line in enumerate(lines, start=1):
@@ -115,7 +108,7 @@ def _quiet_length_warnings() -> None:
     """The commands report outputs cut at the length limit themselves, once, instead of a Python warning."""
     import warnings
 
-    from t5kit.generate import LengthLimitWarning
+    from t5kit.generate.search import LengthLimitWarning
 
     warnings.filterwarnings("ignore", category=LengthLimitWarning)
 
@@ -123,8 +116,8 @@ def _quiet_length_warnings() -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     _quiet_length_warnings()
     texts = read_inputs(args)
+    options = decoding_options(args)  # a bad value fails before the model loads
     generator = load_generator(args)
-    options = decoding_options(args)
     if len(texts) == 1 and not args.output and (args.stream or sys.stdout.isatty()):
         for piece in generator.stream(texts[0], task=args.task, **options):
             print(piece, end="", flush=True)
@@ -171,10 +164,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _quiet_length_warnings()
     task = resolve_task(args.task, args.tasks)
+    options = decoding_options(args)
     generator = load_generator(args)
     metrics = args.metrics.split(",") if args.metrics else None
     result = evaluate(generator, task, args.split, metrics=metrics, max_examples=args.max_examples,
-                      batch_size=args.batch_size, skip_bad=args.skip_bad, **decoding_options(args))
+                      batch_size=args.batch_size, skip_bad=args.skip_bad, **options)
     out_dir = Path(args.output_dir or f"eval-{task.name}-{args.split}")
     predictions, metrics_path = result.save(out_dir)
     stopped = sum(p["stop_reason"] == "length" for p in result.predictions)
@@ -202,7 +196,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", help="write outputs here (.jsonl: with stop reasons; else one per line)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--task", default=None,
-                   help="apply a task's prefix and decoding defaults (the model's task_specific_params)")
+                   help="apply a task's prefix and decoding defaults (the model's task_specific_params) or a "
+                        "preset's prefix (t5kit.data.prefixes: translate_en_de, summarize ...)")
     p.add_argument("--stream", action="store_true", help="stream a single output token by token")
     add_model_arguments(p)
     add_decoding_arguments(p)

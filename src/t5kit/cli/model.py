@@ -40,8 +40,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from t5kit.checkpoint import convert_checkpoint
+    from t5kit.model import parameter_shapes
 
-    out = convert_checkpoint(args.source, args.destination, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    out = convert_checkpoint(args.source, args.destination, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                             expected_shapes=parameter_shapes)
     print(f"wrote {out}")
     return 0
 

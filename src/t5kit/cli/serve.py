@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+from t5kit.quantize import PRECISIONS
 
 EPILOG = """\
 example:
@@ -35,20 +38,12 @@ def _default_model() -> str | None:
     return None
 
 
-def _serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-
-        from t5kit.serve import Engine, Limits, create_app
-    except ImportError as err:
-        print(
-            f"t5kit serve: error: {err.name} is missing; install the serve extra: pip install 't5kit[serve]'",
-            file=sys.stderr,
-        )
-        return 1
+def make_app(args: argparse.Namespace) -> Any:
+    """The app ``t5kit serve`` runs, from its parsed arguments (the model is loaded here)."""
     import torch
 
     from t5kit.errors import T5kitError
+    from t5kit.serve import Engine, Limits, create_app
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,16 +60,33 @@ def _serve(args: argparse.Namespace) -> int:
         max_inputs_per_request=args.max_inputs_per_request,
         max_body_bytes=args.max_body_bytes,
         request_timeout_s=args.request_timeout,
+        max_num_beams=args.max_num_beams,
     )
     for name, value in vars(limits).items():
         if value <= 0:
             raise T5kitError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    engine = Engine.load(model, dtype=args.dtype, name=args.name)
+    engine = Engine.load(model, dtype=args.dtype, name=args.name, precision=args.precision)
     max_batch = 1 if args.no_batching else args.max_batch_size
-    app = create_app(engine, limits, max_batch_size=max_batch, batch_wait_ms=args.batch_wait_ms)
+    return create_app(engine, limits, max_batch_size=max_batch, batch_wait_ms=args.batch_wait_ms)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn  # optional: serve
+
+        app = make_app(args)
+    except ImportError as err:  # optional: serve (fastapi, uvicorn, prometheus_client)
+        print(
+            f"t5kit serve: error: {err.name} is missing; install the serve extra: pip install 't5kit[serve]'",
+            file=sys.stderr,
+        )
+        return 1
+    engine, batcher, limits = app.state.engine, app.state.batcher, app.state.limits
+    max_batch = batcher.max_batch_size
     batching = "off" if max_batch == 1 else f"up to {max_batch} rows, {args.batch_wait_ms:g} ms window"
     print(
-        f"t5kit serve: {engine.name} ({engine.model.num_parameters() / 1e6:.1f}M parameters), batching "
+        f"t5kit serve: {engine.name} ({engine.model.num_parameters() / 1e6:.1f}M parameters"
+        f"{', ' + engine.precision if engine.precision else ''}), batching "
         f"{batching}; playground http://{args.host}:{args.port}/",
         file=sys.stderr,
         flush=True,
@@ -105,6 +117,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: as saved)"
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="serve a converted copy: fp32, bf16, or int8 weights (default: the model as loaded)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     g = p.add_argument_group("batching")
     g.add_argument(
@@ -124,5 +141,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-inputs-per-request", type=int, default=32, help="texts in one request (32)")
     g.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size (1000000)")
     g.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request (60)")
+    g.add_argument("--max-num-beams", type=int, default=16, help="beams one request may ask for (16)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)

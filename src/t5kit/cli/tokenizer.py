@@ -18,15 +18,21 @@ loadable by t5kit and by transformers' T5Tokenizer. The model's vocabulary is
 vocab-size + num-sentinels ids (round the embedding up to a multiple of 128).
 """
 
+MODEL_HELP = "tokenizer or checkpoint directory, hub repo id, or t5 (the T5 vocabulary shipped in t5kit)"
+
 ENCODE_EPILOG = """\
 example:
-  t5kit tokenizer encode "translate English to German: The house is wonderful." --model t5-vocab
-  echo "Hello world" | t5kit tokenizer encode - --model t5-vocab --pieces
+  t5kit tokenizer encode "translate English to German: The house is wonderful." --model t5
+  echo "Hello world" | t5kit tokenizer encode - --model t5 --pieces
+
+--model t5 is the T5 vocabulary shipped in t5kit (that of T5, T5 v1.1 and Flan-T5).
 """
 
 DECODE_EPILOG = """\
 example:
-  t5kit tokenizer decode 8774 296 1 --model t5-vocab
+  t5kit tokenizer decode 8774 296 1 --model t5
+
+--model t5 is the T5 vocabulary shipped in t5kit (that of T5, T5 v1.1 and Flan-T5).
 """
 
 
@@ -115,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     encode.add_argument("text", nargs="+", help="text to encode ('-' reads lines from stdin)")
-    encode.add_argument("--model", required=True, help="tokenizer or checkpoint directory, or hub repo id")
+    encode.add_argument("--model", required=True, help=MODEL_HELP)
     encode.add_argument("--legacy", action="store_true", help="transformers' ids after inline special tokens")
     encode.add_argument("--no-eos", action="store_true", help="do not append EOS")
     encode.add_argument("--pieces", action="store_true", help="print pieces instead of ids")
@@ -129,6 +135,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     decode.add_argument("ids", nargs="+", type=int, help="token ids")
-    decode.add_argument("--model", required=True, help="tokenizer or checkpoint directory, or hub repo id")
+    decode.add_argument("--model", required=True, help=MODEL_HELP)
     decode.add_argument("--skip-special-tokens", action="store_true", help="drop pad, EOS and sentinels")
     decode.set_defaults(func=_decode)

@@ -24,14 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from t5kit.data.prefixes import CONTEXT, DEFINE, LANGUAGES, QUESTION, SUMMARIZE, translation_prefix
 from t5kit.data.sources import Record, Repeat, Stream, open_source
 from t5kit.data.span_corruption import SpanCorruptionStream
 from t5kit.errors import DataError, closest_names
-
-LANGUAGES = {
-    "en": "English", "fr": "French", "de": "German", "ro": "Romanian", "es": "Spanish", "it": "Italian",
-    "pt": "Portuguese", "nl": "Dutch", "ru": "Russian", "zh": "Chinese", "ja": "Japanese",
-}
 
 
 def _template_fields(template: str) -> list[str]:
@@ -215,7 +211,7 @@ def translation_task(
             raise DataError(f"unknown language code {lang!r}; known: {', '.join(LANGUAGES)}."
                             + closest_names(lang, LANGUAGES))
     sf, tf = source_field or source_lang, target_field or target_lang
-    prefix = f"translate {LANGUAGES[source_lang]} to {LANGUAGES[target_lang]}: "
+    prefix = translation_prefix(source_lang, target_lang)
     kw.setdefault("metrics", ["bleu", "chrf"])
     return Task(name, source, inputs=prefix + "{" + sf + "}", targets="{" + tf + "}", kind="translation", **kw)
 
@@ -225,7 +221,7 @@ def summarization_task(
 ) -> Task:
     """``"summarize: {article}"`` -> ``"{summary}"``, metric ROUGE."""
     kw.setdefault("metrics", ["rouge1", "rouge2", "rougeL"])
-    return Task(name, source, inputs="summarize: {" + text_field + "}", targets="{" + summary_field + "}",
+    return Task(name, source, inputs=SUMMARIZE + "{" + text_field + "}", targets="{" + summary_field + "}",
                 kind="summarization", **kw)
 
 
@@ -250,7 +246,7 @@ def qa_task(
     """Extractive QA: ``"question: {question} context: {context}"`` -> answer; EM and F1."""
     kw.setdefault("metrics", ["squad_em", "squad_f1"])
     pre = [_first_answer(answer_field), *kw.pop("preprocessors", [])]
-    return Task(name, source, inputs="question: {" + question_field + "} context: {" + context_field + "}",
+    return Task(name, source, inputs=QUESTION + "{" + question_field + "}" + CONTEXT + "{" + context_field + "}",
                 targets="{" + answer_field + "}", preprocessors=pre, kind="qa", **kw)
 
 
@@ -260,7 +256,7 @@ def closed_book_qa_task(
     """Closed-book QA: ``"question: {question}"`` -> answer, with no context."""
     kw.setdefault("metrics", ["squad_em", "squad_f1"])
     pre = [_first_answer(answer_field), *kw.pop("preprocessors", [])]
-    return Task(name, source, inputs="question: {" + question_field + "}", targets="{" + answer_field + "}",
+    return Task(name, source, inputs=QUESTION + "{" + question_field + "}", targets="{" + answer_field + "}",
                 preprocessors=pre, kind="closed_book_qa", **kw)
 
 
@@ -305,7 +301,7 @@ def definition_task(name: str, source: Any, word_field: str = "word", definition
                     **kw: Any) -> Task:
     """``"define: {word}"`` -> gloss (the WordNet importer's records)."""
     kw.setdefault("metrics", ["exact_match", "rougeL"])
-    return Task(name, source, inputs="define: {" + word_field + "}", targets="{" + definition_field + "}",
+    return Task(name, source, inputs=DEFINE + "{" + word_field + "}", targets="{" + definition_field + "}",
                 kind="definition", **kw)
 
 

@@ -15,6 +15,7 @@ from t5kit.model.layers import (
     clamp_fp16,
     relative_position_bucket,
 )
+from t5kit.model.loading import hf_state_dict, load_model, parameter_shapes, save_model
 from t5kit.model.masks import Packing, bias_in, causal_bias, padding_bias, segment_bias, shift_right
 from t5kit.model.t5 import Decoder, DecoderLayer, Encoder, EncoderLayer, Seq2SeqOutput, T5Model
 
@@ -22,4 +23,5 @@ __all__ = [
     "ACTIVATIONS", "Attention", "Decoder", "DecoderCache", "DecoderLayer", "Dropout", "Encoder", "EncoderLayer",
     "FeedForward", "Packing", "RMSNorm", "RelativePositionBias", "Seq2SeqOutput", "T5Model", "bias_in",
     "causal_bias", "clamp_fp16", "padding_bias", "relative_position_bucket", "segment_bias", "shift_right",
+    "hf_state_dict", "load_model", "parameter_shapes", "save_model",
 ]

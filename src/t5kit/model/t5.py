@@ -10,6 +10,7 @@ layout, so this file never knows another library's key names.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from t5kit.checkpoint import io as checkpoint_io
 from t5kit.config import T5Config
 from t5kit.generate import generate
 from t5kit.ids import LABEL_PAD_ID
@@ -183,17 +185,28 @@ class T5Model(nn.Module):
         return cls(T5Config.from_preset(name, **overrides))
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str, dtype: torch.dtype | str | None = None, **kwargs) -> T5Model:
-        """Load a Hugging Face layout checkpoint (directory or hub repo id); see ``t5kit.checkpoint``."""
-        from t5kit.checkpoint import load_model
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, dtype: torch.dtype | str | None = None,
+                        device: str | torch.device = "cpu", revision: str | None = None) -> T5Model:
+        """Load a Hugging Face layout checkpoint (directory or hub repo id); see ``t5kit.checkpoint``.
 
-        return load_model(path_or_repo_id, dtype=dtype, **kwargs)
+        ``dtype``: None -> float32 (as the reference loads), ``"auto"`` -> as stored, or fp32/bf16/fp16.
+        Missing, unexpected and mis-shaped tensors are reported by name with both shapes.
+        """
+        config, state = checkpoint_io.read_checkpoint(path_or_repo_id, dtype=dtype, device=device, revision=revision)
+        with torch.device("meta"):
+            model = cls(config)
+        checkpoint_io.check_state_dict(state, {n: p.shape for n, p in model.named_parameters()}, path_or_repo_id)
+        if config.tie_word_embeddings:  # assign=True gives each name its own Parameter: tie them again after
+            state["lm_head.weight"] = state["shared.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.shared.weight
+        return model.eval()
 
-    def save_pretrained(self, directory: str, max_shard_size: int | str | None = None) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
         """Write config.json and model.safetensors (sharded above ``max_shard_size``) atomically."""
-        from t5kit.checkpoint import save_model
-
-        save_model(self, directory, max_shard_size=max_shard_size)
+        checkpoint_io.write_checkpoint(directory, self.config, self.state_dict(), tied=self.tied,
+                                       max_shard_size=max_shard_size)
 
     @property
     def tied(self) -> bool:
@@ -232,12 +245,13 @@ class T5Model(nn.Module):
                 nn.init.normal_(module.wo.weight, std=f * c.d_ff**-0.5)
 
     def set_dtype(self, dtype: torch.dtype) -> T5Model:
-        """Cast to ``dtype``; in float16 the feed-forward output projections stay float32 (overflow)."""
+        """Cast to ``dtype``; in float16 the feed-forward output projections stay float32 (overflow), by the
+        checkpoint loader's rule (``t5kit.checkpoint.io.keeps_fp32_in_fp16``)."""
         self.to(dtype)
         if dtype == torch.float16:
-            for module in self.modules():
-                if isinstance(module, FeedForward):
-                    module.wo.float()
+            for name, parameter in self.named_parameters():
+                if checkpoint_io.keeps_fp32_in_fp16(name):
+                    parameter.data = parameter.data.float()
         return self
 
     def set_dropout(self, rate: float) -> None:

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from t5kit.errors import T5kitError, closest_names
+from t5kit.generate import generate, stream
+from t5kit.hub import resolve
+from t5kit.model import T5Model
+from t5kit.quantize import PRECISIONS, inference_model
+from t5kit.tokenizer import load_tokenizer
 
 # Task presets: the prefixes T5 was trained with (and that t5kit.data's task kinds write).
 TASK_PREFIXES: dict[str, str] = {
@@ -29,46 +34,59 @@ TASK_PREFIXES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DecodingSettings:
-    """Decoding options that must be equal for two rows to share a batch (hashable, so a group key).
+    """What must be equal for two rows to share a batch (hashable, so a group key).
 
-    ``max_new_tokens`` is not here: it is per row, so short and long requests still batch together.
+    ``options`` are the request's ``GenerationConfig`` options (sorted pairs, all of them, defaults
+    included, so equal settings compare equal however they were spelled). ``max_new_tokens`` is not among
+    them: it is per row, so short and long requests still batch together, within a ``length_group``.
     """
 
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    length_penalty: float = 1.0
-    min_new_tokens: int = 0
+    options: tuple[tuple[str, Any], ...] = ()
     seed: int | None = None
     group: int | None = None  # set to a request's serial to keep it out of shared batches (seeded sampling)
     length_group: int = 0  # max_new_tokens class: a batch runs to its longest row, so keep lengths alike
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @classmethod
+    def of(cls, options: dict[str, Any], max_new_tokens: int, seed: int | None = None,
+           group: int | None = None) -> DecodingSettings:
+        """Settings for a request's rows. Rows of a batch run until its longest limit: greedy and sampled
+        limits are grouped by power of two (waste < 2x); beam search is cut only at the end, so there the
+        limit must be exact."""
+        beams = options.get("num_beams", 1) > 1
+        length_group = max_new_tokens if beams else 1 << (max_new_tokens - 1).bit_length()
+        return cls(tuple(sorted(options.items())), seed, group, length_group)
 
     def generate_options(self) -> dict[str, Any]:
         """The ``t5kit.generate`` keyword arguments (those that are not batching bookkeeping)."""
-        options = self.as_dict()
-        for key in ("seed", "group", "length_group"):
-            options.pop(key)
-        if self.num_beams == 1:
-            options.pop("length_penalty")
-        return options
+        return dict(self.options)
+
+    @property
+    def num_beams(self) -> int:
+        return int(self.generate_options().get("num_beams", 1))
 
 
 class Engine:
-    """A loaded model and tokenizer, decoding batches for :class:`t5kit.serve.batching.Batcher`.
+    """A loaded model and tokenizer, decoding batches for :class:`t5kit.serve.batcher.Batcher`.
 
-    ``run_batch`` must only be called from one thread at a time (the batcher's worker); the lock makes
-    a mistake there an ordinary wait instead of two torch calls racing on the same weights.
+    ``precision`` (one of ``t5kit.quantize.PRECISIONS``: fp32, bf16, int8 weights) serves a converted
+    copy of ``model``, made once here; ``None`` serves the model as it is. ``run_batch`` must only be
+    called from one thread at a time (the batcher's worker); the lock makes a mistake there an ordinary
+    wait instead of two torch calls racing on the same weights.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, name: str = "t5kit", source: str | None = None):
-        self.model = model.eval()
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str = "t5kit",
+        source: str | None = None,
+        precision: str | None = None,
+    ):
+        if precision is not None and precision not in PRECISIONS:
+            raise T5kitError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        model = model.eval()
+        self.model = inference_model(model, precision) if precision is not None else model
+        self.precision = precision
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
@@ -80,14 +98,15 @@ class Engine:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str, dtype: str | None = None, name: str | None = None) -> Engine:
-        """Model and tokenizer from one checkpoint directory (or hub id)."""
-        from t5kit.model import T5Model
-        from t5kit.tokenizer import load_tokenizer
-
-        model = T5Model.from_pretrained(path, dtype=dtype)
-        tokenizer = load_tokenizer(path)
-        return cls(model, tokenizer, name=name or Path(str(path)).name or str(path), source=str(path))
+    def load(
+        cls, path: str, dtype: str | None = None, name: str | None = None, precision: str | None = None
+    ) -> Engine:
+        """Model and tokenizer from one checkpoint directory (or hub id), resolved once."""
+        directory = resolve(path, what="checkpoint")
+        model = T5Model.from_pretrained(str(directory), dtype=dtype)
+        tokenizer = load_tokenizer(directory)
+        name = name or Path(str(path)).name or str(path)
+        return cls(model, tokenizer, name=name, source=str(path), precision=precision)
 
     # --------------------------------------------------------------------------------- text
     def prefix(self, task: str | None) -> str:
@@ -116,6 +135,7 @@ class Engine:
             "source": self.source,
             "parameters": self.model.num_parameters(),
             "dtype": str(self.model.dtype).replace("torch.", ""),
+            "precision": self.precision,
             "device": str(self.model.device),
             "config": {
                 k: getattr(c, k)
@@ -150,8 +170,6 @@ class Engine:
         A cancelled row (timed out, client gone) still costs compute until its batch ends, unless every row
         of the batch is cancelled: ``generate.stream`` cannot drop single rows from outside.
         """
-        from t5kit.generate import generate, stream
-
         assert isinstance(settings, DecodingSettings)
         input_ids, mask = self._pad(rows)
         limits = list(max_new_tokens)
@@ -203,7 +221,7 @@ class Engine:
 
     def _pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        ids = torch.full((len(rows), width), self.model.config.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)

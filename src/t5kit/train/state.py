@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from t5kit.checkpoint import convert_hf_state_dict, read_state_dict, save_model
+from t5kit.checkpoint import convert_hf_state_dict, read_state_dict
 from t5kit.errors import CheckpointError
 from t5kit.io import write_json
+from t5kit.model import save_model
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.pt"

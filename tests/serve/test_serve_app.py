@@ -1,141 +1,43 @@
-"""``t5kit serve`` against a real server process on a loopback port (not a test client).
+"""The HTTP API: ``t5kit serve`` as a real server process on a loopback port (not a test client), and the
+app the CLI builds under uvicorn in this process where a test must control the model worker.
 
 A tiny random T5 with the real T5 vocabulary is saved once; its outputs are arbitrary text, which is all
-an API test needs. Three server processes: the main one (dynamic batching, small limits), one without
-batching and with a short request timeout, and one that is shut down while a request is in flight.
+an API test needs.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import T5_VOCAB
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-VOCAB = T5_VOCAB
+from serve_helpers import (  # noqa: E402
+    BOUND_S,
+    CLEAN_EXIT,
+    LiveServer,
+    Server,
+    cli_app,
+    metric_values,
+    save_tiny_checkpoint,
+    sse_events,
+    wait_until,
+)
+
+from t5kit.serve.schema import GenerateParameters  # noqa: E402
+
 METRIC_LINE = r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [0-9.e+-]+|\+Inf'
-# uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: exit status 0 or "killed by SIGTERM".
-CLEAN_EXIT = (0, -signal.SIGTERM)
-LIMITS = {"max_input_tokens": 40, "max_new_tokens": 256, "max_inputs_per_request": 8, "max_body_bytes": 4000}
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-def save_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
-    """A random ``tiny`` T5 with the T5 SentencePiece vocabulary beside it."""
-    import torch
-
-    from t5kit import T5Model
-
-    assert (VOCAB / "spiece.model").is_file(), f"the T5 vocabulary is missing from {VOCAB}"
-    torch.manual_seed(seed)
-    T5Model.from_preset("tiny").save_pretrained(str(directory))
-    shutil.copy(VOCAB / "spiece.model", directory / "spiece.model")
-    return directory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m t5kit serve`` as a subprocess on 127.0.0.1; waits (bounded) until /health answers."""
-
-    def __init__(self, model: Path, log: Path, *args: str, startup_s: float = 90.0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "t5kit",
-                "serve",
-                "--model",
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--threads",
-                "1",
-                "--log-level",
-                "warning",
-                *args,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        deadline = time.monotonic() + startup_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the server did not answer /health within {startup_s} s:\n{self.output()}")
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
-
-
-def metric_values(text: str, name: str) -> dict[str, float]:
-    """{labels: value} of one metric from Prometheus text ('' for no labels)."""
-    found = {}
-    for line in text.splitlines():
-        m = re.fullmatch(rf"{re.escape(name)}(\{{[^}}]*\}})? (\S+)", line)
-        if m:
-            found[m.group(1) or ""] = float(m.group(2))
-    return found
-
-
-def sse_events(body: str) -> list[tuple[str, dict]]:
-    events = []
-    for block in body.split("\n\n"):
-        kind, data = "message", []
-        for line in block.splitlines():
-            if line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            events.append((kind, json.loads("\n".join(data))))
-    return events
+LIMITS = {
+    "max_input_tokens": 40,
+    "max_new_tokens": 256,
+    "max_inputs_per_request": 8,
+    "max_body_bytes": 4000,
+    "max_num_beams": 4,
+}
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -186,7 +88,9 @@ def test_health_models_openapi_and_playground(client):
     body = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     body_schema = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
     assert {"inputs", "task", "parameters", "stream"} <= set(body_schema["properties"])
-    assert "temperature" in schema["components"]["schemas"]["GenerateParameters"]["properties"]
+    parameters = schema["components"]["schemas"]["GenerateParameters"]["properties"]
+    assert set(parameters) == set(GenerateParameters.model_fields)  # derived from GenerationConfig
+    assert parameters["temperature"]["default"] == 1.0 and model["precision"] is None
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "t5kit" in page.text and "/static/playground.js" in page.text
@@ -263,6 +167,7 @@ def test_streaming_server_sent_events(client):
         ({"inputs": "x", "parameters": {"max_new_tokens": 257}}, "max_new_tokens"),
         ({"inputs": ["x"] * 9}, "max_inputs_per_request"),
         ({"inputs": "y" * 5000}, "max_body_bytes"),
+        ({"inputs": "x", "parameters": {"num_beams": 5}}, "max_num_beams"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -310,6 +215,13 @@ def test_malformed_json(client, raw):
         ({"inputs": "a", "parameters": [1]}, "parameters"),
         ({"inputs": "a", "stream": "true"}, "stream"),
         ({"inputs": "a", "task": 3}, "task"),
+        # checked by constructing GenerationConfig: its own message, naming the parameter
+        ({"inputs": "a", "parameters": {"temperature": -1}}, "parameters.temperature"),
+        ({"inputs": "a", "parameters": {"early_stopping": "sometimes"}}, "parameters.early_stopping"),
+        ({"inputs": "a", "parameters": {"length_penalty_style": "long"}}, "parameters.length_penalty_style"),
+        # GenerationConfig fields a request may not set: the model's token ids, several outputs per input
+        ({"inputs": "a", "parameters": {"eos_token_id": 3}}, "eos_token_id"),
+        ({"inputs": "a", "parameters": {"num_return_sequences": 2}}, "num_return_sequences"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -321,58 +233,7 @@ def test_wrong_types_are_readable_422s(client, body, field):
     assert field in error["message"] if field != "body" else "JSON object" in error["message"]
 
 
-# ------------------------------------------------------------------------------------------------ batching
-def _concurrently(client_url: str, bodies: list[dict], stagger_s: float = 0.0) -> list[tuple[float, dict]]:
-    """POST each body from its own thread; (seconds until answered, JSON) per body, in order."""
-    results: list = [None] * len(bodies)
-    start = time.perf_counter()
-
-    def send(i: int) -> None:
-        with httpx.Client(base_url=client_url, timeout=60) as c:
-            r = c.post("/v1/generate", json=bodies[i])
-            results[i] = (time.perf_counter() - start, r.status_code, r.json())
-
-    threads = []
-    for i in range(len(bodies)):
-        threads.append(threading.Thread(target=send, args=(i,)))
-        threads[-1].start()
-        time.sleep(stagger_s)
-    for t in threads:
-        t.join(120)
-    assert all(r is not None and r[1] == 200 for r in results), results
-    return [(t, body) for t, _, body in results]
-
-
-def test_concurrent_requests_share_a_batch(server, client):
-    before = metric_values(client.get("/metrics").text, "t5kit_batch_size_bucket")
-    bodies = [{"inputs": f"Request number {i}.", "parameters": {"max_new_tokens": 16}} for i in range(6)]
-    results = _concurrently(server.url, bodies)
-    assert all(len(b["outputs"]) == 1 for _, b in results)
-    after = metric_values(client.get("/metrics").text, "t5kit_batch_size_bucket")
-    batches = after['{le="+Inf"}'] - before.get('{le="+Inf"}', 0)
-    single = after['{le="1"}'] - before.get('{le="1"}', 0)
-    assert 1 <= batches < 6 and single < batches, (before, after)  # some batch held more than one row
-
-
-def test_early_finished_request_returns_before_the_long_one(server, client):
-    """Two requests in one batch (lengths 129 and 256 share a length group): the short one is answered
-    while the long one is still decoding."""
-    before = metric_values(client.get("/metrics").text, "t5kit_batch_size_sum")[""]
-    long_body = {"inputs": "A long story about a house.", "parameters": {"max_new_tokens": 256}}
-    short_body = {"inputs": "Short.", "parameters": {"max_new_tokens": 129}}
-    (t_long, long_out), (t_short, short_out) = _concurrently(
-        server.url, [long_body, short_body], stagger_s=0.005
-    )
-    n_long = long_out["outputs"][0]["output_tokens"]
-    n_short = short_out["outputs"][0]["output_tokens"]
-    after = metric_values(client.get("/metrics").text, "t5kit_batch_size_sum")[""]
-    assert after - before == 2  # both rows were decoded in one batch of two... or two batches of one:
-    sizes = metric_values(client.get("/metrics").text, "t5kit_batch_size_bucket")
-    assert sizes['{le="2"}'] > sizes['{le="1"}']
-    assert n_long > n_short + 50, (n_long, n_short)
-    assert t_short < t_long, (t_short, t_long)
-
-
+# ------------------------------------------------------------------------------------------------ metrics
 def test_metrics_prometheus_text(client):
     generate(client, inputs="metrics please", parameters={"max_new_tokens": 3})
     r = client.get("/metrics")
@@ -388,64 +249,99 @@ def test_metrics_prometheus_text(client):
     latency = metric_values(text, "t5kit_request_duration_seconds_bucket")
     assert latency['{le="+Inf"}'] == metric_values(text, "t5kit_request_duration_seconds_count")[""] > 0
     assert "# TYPE t5kit_batch_size histogram" in text
+    assert metric_values(text, "t5kit_model_info") == {f'{{model="{checkpoint_name(client)}"}}': 1.0}
+    assert "# TYPE t5kit_rows_running gauge" in text
+    for gauge in ("t5kit_queue_depth", "t5kit_requests_in_flight"):  # idle now (rows_running may lag its answer)
+        assert metric_values(text, gauge) == {"": 0.0}, gauge
 
 
-# ---------------------------------------------------------------------------------------------- other servers
-def test_no_batching_and_request_timeout(checkpoint, tmp_path):
-    s = Server(checkpoint, tmp_path / "unbatched.log", "--no-batching", "--request-timeout", "1.0")
-    try:
-        bodies = [{"inputs": f"Input {i}", "parameters": {"max_new_tokens": 4}} for i in range(4)]
-        _concurrently(s.url, bodies)
-        text = httpx.get(s.url + "/metrics", timeout=10).text
-        sizes = metric_values(text, "t5kit_batch_size_bucket")
-        assert sizes['{le="1"}'] == sizes['{le="+Inf"}'] >= 4  # every batch held one row
-        assert httpx.get(s.url + "/v1/models", timeout=10).json()["batching"]["enabled"] is False
-        # 8 inputs x 256 tokens, one row at a time, cannot finish in 1 s
-        r = httpx.post(
-            s.url + "/v1/generate",
-            json={"inputs": ["go on"] * 8, "parameters": {"max_new_tokens": 256}},
-            timeout=30,
-        )
-        assert r.status_code == 408, r.text
-        assert r.json()["error"]["limit"] == "request_timeout_s" and r.json()["error"]["value"] == 1.0
-        with httpx.stream(
-            "POST",
-            s.url + "/v1/generate",
-            timeout=30,
-            json={"inputs": ["go on"] * 8, "stream": True, "parameters": {"max_new_tokens": 256}},
-        ) as r:
-            events = sse_events(r.read().decode())
-        assert events[-1][0] == "error" and events[-1][1]["error"]["limit"] == "request_timeout_s"
-        assert httpx.get(s.url + "/health", timeout=10).status_code == 200  # still serving
-    finally:
-        assert s.stop() in CLEAN_EXIT, s.output()
+def checkpoint_name(client: httpx.Client) -> str:
+    return client.get("/health").json()["model"]
 
 
-def test_graceful_shutdown_finishes_requests_in_flight(checkpoint, tmp_path):
-    s = Server(checkpoint, tmp_path / "shutdown.log")
-    result: dict = {}
+# ---------------------------------------------------------------------------------------------- in process
+@pytest.fixture
+def live(checkpoint):
+    """Start the app ``t5kit serve --model checkpoint *flags`` builds, in this process; stopped after."""
+    started: list[LiveServer] = []
 
-    def send() -> None:
-        r = httpx.post(
-            s.url + "/v1/generate",
-            timeout=60,
-            json={"inputs": ["one", "two", "three"], "parameters": {"max_new_tokens": 256}},
-        )
-        result["status"], result["body"] = r.status_code, r.json()
+    def start(*flags: str) -> LiveServer:
+        started.append(LiveServer(cli_app(checkpoint, *flags)))
+        return started[-1]
 
-    thread = threading.Thread(target=send)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # wait until the request is being decoded
-        text = httpx.get(s.url + "/metrics", timeout=10).text
-        if metric_values(text, "t5kit_requests_in_flight")[""] >= 1:
-            break
-        time.sleep(0.02)
-    s.proc.send_signal(signal.SIGTERM)
-    thread.join(60)
-    code = s.stop()
-    assert result.get("status") == 200, (result, s.output())
+    yield start
+    for s in started:
+        s.stop()
+
+
+def test_no_batching_and_request_timeout(live):
+    s = live("--no-batching", "--request-timeout", "1.0")
+    assert httpx.get(s.url + "/v1/models", timeout=10).json()["batching"]["enabled"] is False
+    # Four requests queued behind a held batch would share one batch if batching were on.
+    s.gate.shut()
+    blocker, _ = s.post_in_thread({"inputs": "first", "parameters": {"max_new_tokens": 4}})
+    wait_until(s.gate.held.is_set, "the first batch reaching the gate")
+    threads = [s.post_in_thread({"inputs": f"Input {i}", "parameters": {"max_new_tokens": 4}}) for i in range(4)]
+    wait_until(lambda: s.metrics.value("t5kit_queue_depth") == 4, "four rows queued")
+    s.gate.open()
+    for t, result in [(blocker, None), *threads]:
+        t.join(BOUND_S)
+        assert result is None or result["status"] == 200, result
+    assert s.gate.sizes == [1, 1, 1, 1, 1]  # every batch held one row
+    wait_until(lambda: s.metrics.value("t5kit_batch_size_count") == 5, "every batch counted")
+    text = httpx.get(s.url + "/metrics", timeout=10).text
+    sizes = metric_values(text, "t5kit_batch_size_bucket")
+    assert sizes['{le="1.0"}'] == sizes['{le="+Inf"}'] == 5
+    # A request whose batch is held cannot finish: it is answered 408 after request_timeout_s.
+    s.gate.shut()
+    r = httpx.post(s.url + "/v1/generate", json={"inputs": ["go on"] * 8, "parameters": {"max_new_tokens": 256}},
+                   timeout=30)
+    assert r.status_code == 408, r.text
+    assert r.json()["error"]["limit"] == "request_timeout_s" and r.json()["error"]["value"] == 1.0
+    with httpx.stream("POST", s.url + "/v1/generate", timeout=30,
+                      json={"inputs": ["go on"] * 8, "stream": True, "parameters": {"max_new_tokens": 256}}) as r:
+        events = sse_events(r.read().decode())
+    assert events[-1][0] == "error" and events[-1][1]["error"]["limit"] == "request_timeout_s"
+    s.gate.open()
+    assert httpx.get(s.url + "/health", timeout=10).status_code == 200  # still serving
+    assert s.metrics.value("t5kit_limit_rejections_total", limit="request_timeout_s") == 2
+
+
+def test_graceful_shutdown_finishes_requests_in_flight(live):
+    s = live()
+    s.gate.shut()
+    thread, result = s.post_in_thread({"inputs": ["one", "two", "three"], "parameters": {"max_new_tokens": 256}})
+    wait_until(s.gate.held.is_set, "the request's batch reaching the gate")
+    assert s.metrics.in_flight == 1 and s.metrics.value("t5kit_rows_running") == 3
+    s.begin_shutdown()  # while the request is provably in flight: its batch is held at the gate
+
+    def refused() -> bool:
+        try:
+            httpx.get(s.url + "/health", timeout=2)
+        except httpx.TransportError:
+            return True
+        return False
+
+    wait_until(refused, "the server refusing new connections")
+    assert "status" not in result and s.thread.is_alive()  # shutting down, and waiting for the request
+    s.gate.open()
+    thread.join(BOUND_S)
+    assert result.get("status") == 200, result
     assert len(result["body"]["outputs"]) == 3
-    assert code in CLEAN_EXIT, s.output()
-    with pytest.raises(httpx.TransportError):
-        httpx.get(s.url + "/health", timeout=2)
+    s.thread.join(BOUND_S)
+    assert not s.thread.is_alive(), "the server did not stop after its last request"
+    assert s.app.state.batcher.close(0)  # the worker drained and stopped with the app
+
+
+def test_precision_choices_are_the_shared_ones(live):
+    from t5kit.cli import build_parser
+    from t5kit.quantize import PRECISIONS
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # noqa: SLF001
+    flag = next(a for a in serve._actions if "--precision" in a.option_strings)  # noqa: SLF001
+    assert tuple(flag.choices) == PRECISIONS
+    s = live("--precision", "int8")
+    model = httpx.get(s.url + "/v1/models", timeout=10).json()["data"][0]
+    assert model["precision"] == "int8"
+    r = httpx.post(s.url + "/v1/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 4}}, timeout=30)
+    assert r.status_code == 200 and r.json()["outputs"][0]["output_tokens"] >= 1

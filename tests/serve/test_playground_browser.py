@@ -26,10 +26,10 @@ from conftest import missing_system_part
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from test_serve import CLEAN_EXIT, Server, save_tiny_checkpoint  # noqa: E402
+from serve_helpers import CLEAN_EXIT, Server, save_tiny_checkpoint  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("T5KIT_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
+ARTIFACTS = Path(os.environ.get("T5KIT_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
 
 
 class Browser:

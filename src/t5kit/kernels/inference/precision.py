@@ -1,4 +1,8 @@
-"""Inference copies of a model in another precision: fp32, bf16, or int8 weights.
+"""Inference precision: :data:`PRECISIONS` (the one definition), and copies of a model in fp32, bf16 or int8.
+
+Every command that loads a model for inference (``t5kit generate``, ``eval``, ``demo``, ``serve``) takes
+``--precision`` from :func:`add_precision_argument`, and ``t5kit.Generator(..., precision=)`` applies it
+through :func:`inference_model`; search (``t5kit.generate``) decodes whatever model it is given.
 
 ``inference_model(model, precision)`` converts once and keeps the copy with the model (a second call is
 free); the original is never modified, so training can go on with it. The copy is refreshed when the
@@ -14,6 +18,7 @@ and 5.8 ms) and needs bf16 activations.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import warnings
 from typing import Any
@@ -32,14 +37,26 @@ class PrecisionError(T5kitError, ValueError):
     """An unknown precision name."""
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` itself when it is one of :data:`PRECISIONS`, else :class:`PrecisionError`."""
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def add_precision_argument(parser: argparse.ArgumentParser | Any, default: str = "fp32") -> None:
+    """``--precision {fp32,bf16,int8}``: the one flag, for every command that runs a model for inference."""
+    parser.add_argument("--precision", default=default, choices=list(PRECISIONS),
+                        help=f"inference precision: fp32, bf16, or int8 weights (default {default})")
+
+
 def _version(model: nn.Module) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
 def inference_model(model: Any, precision: str) -> Any:
     """``model`` itself when it already is in ``precision``, else a converted copy (cached on the model)."""
-    if precision not in PRECISIONS:
-        raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if precision in _DTYPES and model.dtype == _DTYPES[precision] and not getattr(model, "_t5kit_quantized", False):
         return model
     store = model.__dict__.setdefault("_t5kit_inference_copies", {})
@@ -54,8 +71,7 @@ def inference_model(model: Any, precision: str) -> Any:
 
 def convert(model: Any, precision: str) -> Any:
     """A new model in ``precision`` (eval mode); the original is untouched."""
-    if precision not in PRECISIONS:
-        raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     store = model.__dict__.pop("_t5kit_inference_copies", None)
     try:
         clone = copy.deepcopy(model)

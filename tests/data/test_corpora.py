@@ -14,32 +14,13 @@ from t5kit.data.corpora import import_gettext, import_text, import_wordnet, read
 from t5kit.data.corpora.gettext import clean_pair, placeholders
 from t5kit.data.tasks import get_task, load_tasks, span_corruption_task
 from t5kit.errors import DataError
+from t5kit.tokenizer import Tokenizer
 
 VOCAB = T5_VOCAB
 
 
-def t5_tokenizer():
-    try:
-        from t5kit.tokenizer import Tokenizer
-
-        return Tokenizer.from_pretrained(VOCAB)
-    except ImportError:  # pragma: no cover - the tokenizer module is written in parallel
-        import sentencepiece as spm
-
-        class Adapter:
-            def __init__(self):
-                self.sp = spm.SentencePieceProcessor(model_file=str(VOCAB / "spiece.model"))
-
-            def encode(self, text, add_eos=True):
-                return self.sp.encode(text) + ([1] if add_eos else [])
-
-            def decode(self, ids):
-                return self.sp.decode([i for i in ids if i < 32000])
-
-            def sentinel_id(self, i):
-                return 32099 - i
-
-        return Adapter()
+def t5_tokenizer() -> Tokenizer:
+    return Tokenizer.from_pretrained(VOCAB)
 
 
 def read_jsonl(path):

@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory, t5_vocab_dir):
 
 
 def _generator(path):
-    from t5kit.generate import Generator
+    from t5kit import Generator
 
     return Generator.from_pretrained(str(path))
 
@@ -92,11 +92,18 @@ def test_eval_on_a_small_task_writes_predictions_and_metrics(checkpoint, tmp_pat
     (["generate", "--model", "CKPT", "--frobnicate", "hi"], 2, "unrecognized arguments"),
     (["eval", "--model", "CKPT", "--task", "no_such_task"], 1, "unknown task"),
     (["generate", "--model", "CKPT", "--max-new-tokens", "0", "hi"], 1, "max_new_tokens"),
+    (["generate", "--model", "CKPT", "--do-sample", "--temperature", "0", "hi"], 1,
+     "temperature must be a finite number > 0, got 0.0"),  # the GenerationConfig message, before loading
+    (["generate", "--model", "CKPT", "--input", "LATIN1"], 1, "latin1.txt:2: not UTF-8 text (byte 0xe9 at column 4)"),
+    (["generate", "--model", "CKPT", "--precision", "fp8", "hi"], 2, "invalid choice: 'fp8'"),
 ])
 def test_bad_input_is_one_readable_line(checkpoint, tmp_path, args, code, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"other": "no text here"}\n')
-    args = [str(checkpoint) if a == "CKPT" else str(bad) if a == "BADJSONL" else a for a in args]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("fine\nCaf\u00e9 au lait\n".encode("latin-1"))
+    files = {"CKPT": str(checkpoint), "BADJSONL": str(bad), "LATIN1": str(latin1)}
+    args = [files.get(a, a) for a in args]
     out = t5kit(*args)
     assert out.returncode == code, out.stderr
     assert message in out.stderr
@@ -134,3 +141,23 @@ def test_evaluate_batches_by_length_over_the_whole_split_and_keeps_file_order(tm
     flat = [n for b in lengths for n in b]
     assert flat == sorted(flat)  # batches cut from the whole split sorted by length
     assert result.metrics["exact_match"] == 0.0
+
+
+def test_seed_and_precision_flags_reach_the_generator(checkpoint, capsys):
+    """``--seed`` makes sampling reproducible and ``--precision int8`` decodes with the int8 copy (in-process,
+    so the outputs can be compared with the Python API's)."""
+    from t5kit.cli import main
+
+    texts = ["Hello world", "Good morning"]
+    runs = []
+    for seed in ("3", "3", "4"):
+        assert main(["generate", "--model", str(checkpoint), "--do-sample", "--seed", seed, "--max-new-tokens", "8",
+                     *texts]) == 0
+        runs.append(capsys.readouterr().out)
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    assert main(["generate", "--model", str(checkpoint), "--precision", "int8", "--max-new-tokens", "8", *texts]) == 0
+    from t5kit import Generator
+
+    int8 = Generator.from_pretrained(str(checkpoint), precision="int8")
+    expected = [r.text for r in int8.generate(texts, max_new_tokens=8)]
+    assert capsys.readouterr().out.splitlines() == expected

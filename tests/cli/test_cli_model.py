@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from t5kit import T5Config, T5Model
-from t5kit.checkpoint import hf_state_dict
+from t5kit.model import hf_state_dict
 
 
 def t5kit(*args: str) -> subprocess.CompletedProcess:

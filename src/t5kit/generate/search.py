@@ -1,11 +1,13 @@
-"""Decoding: greedy, sampled and beam search, streaming, and a text-level ``Generator``.
+"""Decoding: greedy, sampled and beam search, and streaming, over a small model protocol.
 
 Everything here drives the model's incremental interface (``encode`` once, ``new_cache`` once,
-``decode_step`` one token at a time) and never re-runs the decoder over the prefix. The outputs are laid
-out as `transformers` lays them out (decoder start token first, pad after EOS) and are token-identical
-to its ``generate`` for the options both have: the logits processors run in the same order with the same
-arithmetic, and beam search repeats its bookkeeping operation for operation (including the -1e9 masking
-and the early-stopping heuristic), because a reimplementation "in the same spirit" breaks ties differently.
+``decode_step`` one token at a time: :class:`DecodingModel`) and never re-runs the decoder over the prefix.
+It imports nothing of ``t5kit.model``: ``T5Model.generate`` calls into this module, so the model is
+described by the protocol instead. The outputs are laid out as `transformers` lays them out (decoder start
+token first, pad after EOS) and are token-identical to its ``generate`` for the options both have: the
+logits processors run in the same order with the same arithmetic, and beam search repeats its
+bookkeeping operation for operation (including the -1e9 masking and the early-stopping heuristic),
+because a reimplementation "in the same spirit" breaks ties differently.
 
 Cost model: greedy and sampled rows that reach EOS leave the compute batch at once (``cache.select``);
 beam-search items that can no longer change leave it too, and a beam reorder copies only the filled part
@@ -14,121 +16,54 @@ of the self-attention cache.
 Two length penalties are offered: ``length_penalty_style="hf"`` divides the summed log-probability by
 ``length ** length_penalty`` (`transformers`), ``"gnmt"`` by ``((5 + length) / 6) ** length_penalty``
 (Wu et al. 2016, the T5 paper's beam search with alpha 0.6).
+
+Precision is not decided here: a bf16 or int8 model is prepared by the text pipeline
+(``t5kit.Generator(..., precision=)``) or by ``t5kit.kernels.inference.precision.inference_model`` and
+then searched like any other model.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from t5kit.errors import T5kitError, closest_names
+from t5kit.generate.options import GenerationConfig, GenerationError
+from t5kit.generate.processors import LogitsProcessors
 
-DEFAULT_MAX_NEW_TOKENS = 256  # generous on purpose: a silent cut at 20 tokens is a classic complaint
+
+class DecodingCache(Protocol):
+    """The decoder cache as search uses it (``t5kit.model.cache.DecoderCache`` is one)."""
+
+    def select(self, rows: Tensor) -> DecodingCache: ...
+
+    def expand_beams(self, beams: int) -> DecodingCache: ...
+
+    def reorder_beams(self, rows: Tensor, items: Tensor | None = None) -> DecodingCache: ...
 
 
-class GenerationError(T5kitError, ValueError):
-    """A decoding option or input that generation cannot accept."""
+class DecodingModel(Protocol):
+    """What search needs of a model (``t5kit.T5Model`` is one): its config's token ids and vocabulary size,
+    its device, an encoder pass, a cache, and one decoder step on the cache."""
+
+    config: Any  # .vocab_size, .eos_token_id, .pad_token_id, .decoder_start_token_id
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+    def new_cache(self, encoder_hidden: Tensor, attention_mask: Tensor, max_length: int) -> DecodingCache: ...
+
+    def decode_step(self, decoder_input_ids: Tensor, cache: Any) -> Tensor: ...
 
 
 class LengthLimitWarning(UserWarning):
     """Some output stopped at ``max_new_tokens`` rather than at EOS (it may be truncated)."""
-
-
-# ---------------------------------------------------------------------------------------------- options
-
-
-@dataclass
-class GenerationConfig:
-    """Every decoding option, validated on construction (``GenerationError`` names the bad option).
-
-    Token ids (``eos_token_id`` ...) default to the model's config when left ``None``.
-    """
-
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    min_new_tokens: int = 0
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    length_penalty_style: str = "hf"  # "hf": / len**lp ; "gnmt": / ((5 + len) / 6)**lp
-    early_stopping: bool | str = False  # True, False or "never" (as transformers)
-    num_return_sequences: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
-    suppress_tokens: Sequence[int] = ()
-    eos_token_id: int | None = None
-    pad_token_id: int | None = None
-    decoder_start_token_id: int | None = None
-
-    def __post_init__(self) -> None:
-        def integer(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise GenerationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-        integer("max_new_tokens", 1)
-        integer("min_new_tokens", 0)
-        integer("num_beams", 1)
-        integer("num_return_sequences", 1)
-        integer("no_repeat_ngram_size", 0)
-        if self.top_k is not None:
-            integer("top_k", 1)
-        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        temperature = self.temperature
-        if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-            raise GenerationError(f"temperature must be a positive number, got {self.temperature!r} "
-                                  "(for deterministic output use do_sample=False)")
-        if not (isinstance(self.repetition_penalty, (int, float)) and self.repetition_penalty > 0):
-            raise GenerationError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
-        if not isinstance(self.length_penalty, (int, float)) or not math.isfinite(self.length_penalty):
-            raise GenerationError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
-        if self.length_penalty_style not in ("hf", "gnmt"):
-            raise GenerationError(f"length_penalty_style must be 'hf' (len**lp) or 'gnmt' (((5+len)/6)**lp), "
-                                  f"got {self.length_penalty_style!r}")
-        if self.early_stopping not in (True, False, "never"):
-            raise GenerationError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-        if self.num_return_sequences > self.num_beams and not self.do_sample:
-            raise GenerationError(
-                f"num_return_sequences ({self.num_return_sequences}) > num_beams ({self.num_beams}): without "
-                "sampling there are only num_beams distinct outputs; raise num_beams or set do_sample=True")
-        self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
-
-    @classmethod
-    def from_options(cls, base: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
-        """``base`` with ``options`` replaced; an unknown option name is an error with a suggestion."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in options:
-            if key not in names:
-                raise GenerationError(f"unknown generation option {key!r}.{closest_names(key, names)}")
-        if base is None:
-            return cls(**options)
-        return dataclasses.replace(base, **options)
-
-    def resolved(self, model_config: Any) -> GenerationConfig:
-        """Fill the token ids left ``None`` from the model's config."""
-        return dataclasses.replace(
-            self,
-            eos_token_id=self.eos_token_id if self.eos_token_id is not None else model_config.eos_token_id,
-            pad_token_id=self.pad_token_id if self.pad_token_id is not None else model_config.pad_token_id,
-            decoder_start_token_id=(self.decoder_start_token_id if self.decoder_start_token_id is not None
-                                    else model_config.decoder_start_token_id),
-        )
-
-    def penalty(self, length: int) -> float:
-        """The divisor applied to a summed log-probability of ``length`` generated tokens."""
-        if self.length_penalty_style == "gnmt":
-            return ((5.0 + length) / 6.0) ** self.length_penalty
-        return float(length) ** self.length_penalty
 
 
 @dataclass
@@ -157,74 +92,6 @@ class StreamEvent(NamedTuple):
     row: int
     token_id: int | None
     stop_reason: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------- logits processors
-
-
-def _ban_repeated_ngrams(scores: Tensor, history: Tensor, n: int) -> Tensor:
-    """Forbid any token that would complete an n-gram already present in ``history`` (as transformers)."""
-    length = history.shape[1]
-    if length < n:
-        return scores
-    prefix = history[:, length + 1 - n:]
-    windows = history.unfold(1, n, 1)
-    matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)
-    vocab = scores.shape[-1]
-    banned = scores.new_zeros((scores.shape[0], vocab + 1), dtype=torch.bool)
-    banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(max=vocab), vocab), True)
-    return scores.masked_fill(banned[:, :vocab], -math.inf)
-
-
-class _Processors:
-    """The logits processors of a configuration, applied in transformers' order.
-
-    ``history`` holds the decoder ids so far, decoder start included (the repetition penalty and the
-    n-gram ban see it, as they do in transformers).
-    """
-
-    def __init__(self, cfg: GenerationConfig, vocab: int):
-        self.cfg = cfg
-        self.suppress = torch.tensor(sorted({t for t in cfg.suppress_tokens if 0 <= t < vocab}), dtype=torch.long)
-        self.active = (cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0 or cfg.min_new_tokens > 0
-                       or self.suppress.numel() > 0)
-        self.warp = cfg.do_sample and (cfg.temperature != 1.0 or cfg.top_k is not None
-                                       or (cfg.top_p is not None and cfg.top_p < 1.0))
-
-    def __call__(self, scores: Tensor, history: Tensor, step: int) -> Tensor:
-        cfg = self.cfg
-        if cfg.repetition_penalty != 1.0:
-            picked = scores.gather(1, history)
-            picked = torch.where(picked < 0, picked * cfg.repetition_penalty, picked / cfg.repetition_penalty)
-            scores = scores.scatter(1, history, picked)
-        if cfg.no_repeat_ngram_size > 0:
-            scores = _ban_repeated_ngrams(scores, history, cfg.no_repeat_ngram_size)
-        if step < cfg.min_new_tokens and cfg.eos_token_id is not None:
-            scores = scores.index_fill(1, torch.tensor([cfg.eos_token_id]), -math.inf)
-        if self.suppress.numel():
-            scores = scores.index_fill(1, self.suppress, -math.inf)
-        return scores
-
-    def warped(self, scores: Tensor, beam_sampling: bool = False) -> Tensor:
-        """Temperature, top-k and top-p (sampling only); beam sampling keeps at least 2 tokens as transformers."""
-        cfg = self.cfg
-        keep = 2 if beam_sampling else 1
-        if cfg.temperature != 1.0:
-            scores = scores / cfg.temperature
-        if cfg.top_k is not None:
-            k = min(max(cfg.top_k, keep), scores.shape[-1])
-            scores = scores.masked_fill(scores < torch.topk(scores, k)[0][..., -1, None], -math.inf)
-        if cfg.top_p is not None and cfg.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=False)
-            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-            remove = cumulative <= (1 - cfg.top_p)
-            remove[..., -keep:] = False
-            scores = scores.masked_fill(remove.scatter(1, order, remove), -math.inf)
-        return scores
-
-    def apply(self, scores: Tensor, history: Tensor, step: int) -> Tensor:
-        """Processors on ``scores`` (never modified in place)."""
-        return self(scores, history, step) if self.active else scores
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -262,15 +129,12 @@ def _prepare_inputs(model: Any, input_ids: Any, attention_mask: Any) -> tuple[Te
     return input_ids, attention_mask
 
 
-def _resolve_model(model: Any, precision: str | None) -> Any:
-    if precision is None:
-        return model
-    from t5kit.quantize import inference_model
-
-    return inference_model(model, precision)
-
-
 def _config(model: Any, config: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:
+    if "precision" in options:
+        raise GenerationError(
+            "generate() and stream() search the model they are given and take no precision: prepare it with "
+            "t5kit.Generator(model, tokenizer, precision=...) or "
+            "t5kit.kernels.inference.precision.inference_model(model, precision)")
     cfg = GenerationConfig.from_options(config, **options).resolved(model.config)
     bad = [t for t in cfg.suppress_tokens if not 0 <= t < model.config.vocab_size]
     if bad:
@@ -282,12 +146,11 @@ def _config(model: Any, config: GenerationConfig | None, options: dict[str, Any]
 
 
 def generate(
-    model: Any,
+    model: DecodingModel,
     input_ids: Any,
     attention_mask: Any = None,
     *,
     config: GenerationConfig | None = None,
-    precision: str | None = None,
     return_scores: bool = False,
     generator: torch.Generator | None = None,
     warn_on_length_limit: bool = True,
@@ -295,13 +158,11 @@ def generate(
 ) -> GenerationOutput:
     """Generate from a batch of (padded) sources; options are :class:`GenerationConfig` fields.
 
-    ``precision`` ("fp32", "bf16", "int8") decodes with a converted copy of the model, made once and kept
-    (see ``t5kit.quantize``); ``None`` uses the model as it is. ``generator`` makes sampling reproducible.
+    ``generator`` makes sampling reproducible.
     A ``LengthLimitWarning`` is raised when some row stopped at ``max_new_tokens`` rather than at EOS
     (unless EOS is suppressed, when that is the point).
     """
     cfg = _config(model, config, options)
-    model = _resolve_model(model, precision)
     input_ids, attention_mask = _prepare_inputs(model, input_ids, attention_mask)
     with torch.inference_mode():
         if cfg.num_beams > 1:
@@ -318,12 +179,11 @@ def generate(
 
 
 def stream(
-    model: Any,
+    model: DecodingModel,
     input_ids: Any,
     attention_mask: Any = None,
     *,
     config: GenerationConfig | None = None,
-    precision: str | None = None,
     generator: torch.Generator | None = None,
     **options: Any,
 ) -> Iterator[StreamEvent]:
@@ -337,7 +197,6 @@ def stream(
     if cfg.num_beams > 1:
         raise GenerationError("stream() supports greedy and sampled decoding only (num_beams=1); beam search "
                               "decides its output at the end: use generate()")
-    model = _resolve_model(model, precision)
     input_ids, attention_mask = _prepare_inputs(model, input_ids, attention_mask)
     with torch.inference_mode():
         steps = _sample_steps(model, input_ids, attention_mask, cfg, False, generator)
@@ -376,7 +235,7 @@ def _sample_steps(
     lengths = [max_new] * n
     if state is not None:
         state.update(out=out, scores=scores_total, lengths=lengths)
-    processors = _Processors(cfg, model.config.vocab_size)
+    processors = LogitsProcessors(cfg, model.config.vocab_size)
     needs_history = cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0
     rows = torch.arange(n, device=input_ids.device)
     tokens = out[:, :1]
@@ -448,7 +307,7 @@ def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: Gen
     fill = cfg.pad_token_id if cfg.pad_token_id else (eos if eos is not None else -1)  # transformers' fill value
     beams_to_keep = max(2, 1 + (1 if eos is not None else 0)) * K
     top_num_beam_mask = torch.cat((torch.ones(K, dtype=torch.bool), torch.zeros(beams_to_keep - K, dtype=torch.bool)))
-    processors = _Processors(cfg, model.config.vocab_size)
+    processors = LogitsProcessors(cfg, model.config.vocab_size)
     sampling = cfg.do_sample
 
     encoder_hidden = model.encode(input_ids, attention_mask)
@@ -582,151 +441,3 @@ def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: Gen
                             scores=chosen_scores if with_scores else None, num_new_tokens=lengths)
 
 
-# ---------------------------------------------------------------------------------------------- text level
-
-
-@dataclass
-class GenerationResult:
-    """One output text. ``token_ids``: the generated ids (no decoder start, no padding; EOS kept if produced)."""
-
-    text: str
-    token_ids: list[int]
-    input_tokens: int
-    output_tokens: int
-    stop_reason: str
-    score: float | None = None
-
-
-# transformers' task_specific_params count the decoder start in max_length/min_length; t5kit counts new tokens.
-_TASK_KEYS = {"num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "do_sample", "temperature",
-              "top_k", "top_p", "repetition_penalty", "num_return_sequences", "max_new_tokens", "min_new_tokens"}
-
-
-class Generator:
-    """Text in, text out: tokenizes, batches (sorted by length, order preserved), decodes, detokenizes.
-
-    ``tokenizer`` needs ``encode(text, add_eos=True) -> list[int]``, ``decode(ids, skip_special_tokens=...)``,
-    ``pad_token_id``/``eos_token_id`` are taken from the model's config. Ids the tokenizer cannot decode
-    (the model's embedding has 28 rows beyond T5's 32,100 ids) are never generated.
-    """
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo_id: str, precision: str | None = None, **load_options: Any) -> Generator:
-        """Model and tokenizer from one checkpoint directory (or hub repo id)."""
-        from t5kit.checkpoint import resolve_checkpoint_dir
-        from t5kit.model import T5Model
-        from t5kit.tokenizer import load_tokenizer
-
-        directory = resolve_checkpoint_dir(path_or_repo_id)
-        model = T5Model.from_pretrained(str(directory), **load_options)
-        return cls(model, load_tokenizer(directory), precision=precision)
-
-    def __init__(self, model: Any, tokenizer: Any, precision: str | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.precision = precision
-        model_vocab = model.config.vocab_size
-        tok_vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
-        self._unreachable = tuple(range(min(tok_vocab, model_vocab), model_vocab))
-
-    # -- tasks
-    @property
-    def tasks(self) -> dict[str, dict[str, Any]]:
-        """``task_specific_params`` of the model's config (t5-* checkpoints carry summarization, translation ...)."""
-        return dict(self.model.config.extra.get("task_specific_params") or {})
-
-    def task_options(self, task: str | None) -> tuple[str, dict[str, Any]]:
-        """(prefix, decoding options) of a named task, in t5kit's terms (new-token counts)."""
-        if task is None:
-            return "", {}
-        tasks = self.tasks
-        if task not in tasks:
-            known = ", ".join(sorted(tasks)) or "none (the config has no task_specific_params)"
-            raise GenerationError(f"unknown task {task!r}; this model's tasks: {known}.{closest_names(task, tasks)}")
-        params = dict(tasks[task])
-        prefix = str(params.pop("prefix", "") or "")
-        options: dict[str, Any] = {}
-        if "max_length" in params:
-            options["max_new_tokens"] = max(1, int(params.pop("max_length")) - 1)
-        if "min_length" in params:
-            options["min_new_tokens"] = max(0, int(params.pop("min_length")) - 1)
-        options.update({k: v for k, v in params.items() if k in _TASK_KEYS})
-        return prefix, options
-
-    def _options(self, task: str | None, decoding: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        prefix, options = self.task_options(task)
-        options.update(decoding)
-        if self._unreachable:
-            options["suppress_tokens"] = tuple(options.get("suppress_tokens", ())) + self._unreachable
-        return prefix, options
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    # -- whole outputs
-    def generate(self, texts: str | Sequence[str], task: str | None = None, batch_size: int = 16,
-                 return_scores: bool = False, **decoding: Any) -> list[GenerationResult]:
-        """Results in the order of ``texts`` (``num_return_sequences`` consecutive results per text)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not texts:
-            raise GenerationError("texts is empty: nothing to generate from")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
-        prefix, options = self._options(task, decoding)
-        GenerationConfig.from_options(**options)  # fail before any work on a bad option
-        encoded = [self.tokenizer.encode(prefix + t, add_eos=True) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
-        per_text: dict[int, list[GenerationResult]] = {}
-        pad = self.model.config.pad_token_id
-        for start in range(0, len(order), batch_size):
-            chunk = order[start: start + batch_size]
-            longest = max(len(encoded[i]) for i in chunk)
-            ids = torch.full((len(chunk), longest), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(chunk):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
-            out = generate(self.model, ids, mask, precision=self.precision, return_scores=return_scores,
-                           **options)
-            copies = out.sequences.shape[0] // len(chunk)
-            for row, i in enumerate(chunk):
-                results = []
-                for c in range(copies):
-                    r = row * copies + c
-                    generated = out.sequences[r, 1: 1 + out.num_new_tokens[r]].tolist()
-                    results.append(GenerationResult(
-                        text=self._decode(generated), token_ids=generated, input_tokens=len(encoded[i]),
-                        output_tokens=len(generated), stop_reason=out.stop_reasons[r],
-                        score=float(out.scores[r]) if out.scores is not None else None))
-                per_text[i] = results
-        return [result for i in range(len(texts)) for result in per_text[i]]
-
-    # -- streaming
-    def stream(self, text: str, task: str | None = None, **decoding: Any) -> Iterator[str]:
-        """Yield text pieces as tokens arrive; their concatenation is the decoded output.
-
-        SentencePiece marks a word start with "▁" and the decoder drops it at the very beginning, so a piece
-        cannot be decoded alone; the whole output is decoded each time and the new suffix yielded (held
-        back while it ends in an incomplete UTF-8 sequence of byte-fallback pieces).
-        """
-        if not isinstance(text, str):
-            raise GenerationError(f"stream() takes one string, not {type(text).__name__}")
-        prefix, options = self._options(task, decoding)
-        ids = torch.tensor([self.tokenizer.encode(prefix + text, add_eos=True)])
-        generated: list[int] = []
-        emitted = ""
-        for event in stream(self.model, ids, precision=self.precision, **options):
-            if event.token_id is None:
-                break
-            generated.append(event.token_id)
-            decoded = self._decode(generated)
-            if decoded.endswith("\ufffd") or not decoded.startswith(emitted):
-                continue
-            if len(decoded) > len(emitted):
-                yield decoded[len(emitted):]
-                emitted = decoded
-        final = self._decode(generated)
-        if final.startswith(emitted) and len(final) > len(emitted):
-            yield final[len(emitted):]

@@ -24,6 +24,8 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from t5kit.errors import T5kitError
+
 
 @dataclass
 class RowEvent:
@@ -75,6 +77,10 @@ class BatchEngine(Protocol):
         ...
 
 
+class BatcherError(T5kitError, ValueError):
+    """A batching setting that cannot work (the CLI reports it as one line)."""
+
+
 class BatcherClosed(RuntimeError):
     """Raised by :meth:`Batcher.submit` once shutdown has begun."""
 
@@ -94,9 +100,9 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
     ):
         if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+            raise BatcherError(f"max_batch_size (--max-batch-size) must be at least 1, got {max_batch_size}")
         if batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
+            raise BatcherError(f"batch_wait_ms (--batch-wait-ms) must be >= 0, got {batch_wait_ms}")
         self.engine = engine
         self.max_batch_size = int(max_batch_size)
         self.batch_wait = float(batch_wait_ms) / 1000.0

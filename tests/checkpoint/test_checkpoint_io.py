@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from hf_models import build_hf_model, padded_batch
 from safetensors.torch import load_file, save_file
 
+import t5kit.checkpoint
 from t5kit import T5Config, T5Model
-from t5kit.checkpoint import SAFETENSORS_INDEX_NAME, hf_state_dict, load_model
+from t5kit.checkpoint import (
+    SAFETENSORS_INDEX_NAME,
+    check_state_dict,
+    read_checkpoint,
+    to_hf_state_dict,
+    write_checkpoint,
+)
 from t5kit.errors import CheckpointError, ConfigError
+from t5kit.model import hf_state_dict, load_model
 
 
 @pytest.fixture()
@@ -152,3 +162,65 @@ def test_unwritable_output_directory(tiny, tmp_path):
     blocker.write_text("x")
     with pytest.raises(CheckpointError, match="cannot create checkpoint directory"):
         model.save_pretrained(blocker / "sub")
+
+
+def test_checkpoint_io_never_imports_the_model():
+    """``import t5kit`` itself imports the model (``t5kit.T5Model``), so a plain ``import t5kit.checkpoint.io``
+    would always find ``t5kit.model`` in ``sys.modules``; a bare ``t5kit`` package object stands in for the
+    top-level ``__init__`` here, and the check that it can fail comes last."""
+    src = os.path.dirname(os.path.dirname(t5kit.checkpoint.__file__))
+    code = f"""
+import sys, types
+package = types.ModuleType("t5kit")
+package.__path__ = [{src!r}]
+sys.modules["t5kit"] = package
+import t5kit.checkpoint, t5kit.checkpoint.io, t5kit.checkpoint.inspect
+above = sorted(m for m in sys.modules if m.split(".")[:2] in (["t5kit", "model"], ["t5kit", "kernels"],
+                                                               ["t5kit", "generate"], ["t5kit", "tokenizer"]))
+assert not above, above
+import t5kit.model
+assert "t5kit.model" in sys.modules
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_state_dicts_in_and_out_without_a_model(tiny, tmp_path):
+    model, path = tiny
+    config, state = read_checkpoint(path)
+    assert config.to_dict() == model.config.to_dict()
+    assert set(state) == {name for name, _ in model.named_parameters()}
+    assert all(torch.equal(state[name], p) for name, p in model.named_parameters())
+    write_checkpoint(tmp_path / "again", config, state, max_shard_size="100KB")
+    config2, state2 = read_checkpoint(tmp_path / "again", dtype="bf16")
+    assert config2.to_dict() == config.to_dict()
+    assert all(torch.equal(state2[name], state[name].to(torch.bfloat16)) for name in state)
+
+
+def test_a_tied_head_is_stored_once_and_read_back_tied(tmp_path):
+    torch.manual_seed(0)
+    config = T5Config.from_preset("tiny", vocab_size=120, feed_forward_proj="relu", tie_word_embeddings=True)
+    model = T5Model(config)
+    state = model.state_dict()
+    assert "lm_head.weight" in state and "lm_head.weight" not in to_hf_state_dict(state, tied=True)
+    write_checkpoint(tmp_path, config, state)
+    assert "lm_head.weight" not in load_file(str(tmp_path / "model.safetensors"))
+    config2, state2 = read_checkpoint(tmp_path)
+    assert config2.tie_word_embeddings and "lm_head.weight" not in state2
+    # An untied config over a file whose head equals the embedding: the file wins.
+    config.tie_word_embeddings = False
+    copy = {**state, "lm_head.weight": state["shared.weight"].clone()}
+    write_checkpoint(tmp_path / "untied", config, copy, tied=False)
+    assert "lm_head.weight" in load_file(str(tmp_path / "untied" / "model.safetensors"))
+    config3, state3 = read_checkpoint(tmp_path / "untied")
+    assert config3.tie_word_embeddings and "lm_head.weight" not in state3
+
+
+def test_check_state_dict_names_the_misfit_in_hugging_face_names():
+    expected = {"shared.weight": (10, 4), "encoder.final_norm.weight": (4,)}
+    check_state_dict({"shared.weight": torch.zeros(10, 4), "encoder.final_norm.weight": torch.ones(4)}, expected, "x")
+    with pytest.raises(CheckpointError, match=r"checkpoint x does not fit .*missing encoder.final_layer_norm.weight"):
+        check_state_dict({"shared.weight": torch.zeros(10, 4)}, expected, "x")
+    with pytest.raises(CheckpointError, match=r"tensor shared.weight has shape \(10, 5\)"):
+        check_state_dict({"shared.weight": torch.zeros(10, 5), "encoder.final_norm.weight": torch.ones(4)},
+                         expected, "x")

@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from t5kit.builtin import BUILTIN_DIR, DEMO_INPUTS, load_builtin
+from t5kit.builtin import BUILTIN_DIR, DEMO_INPUTS, TASK_PREFIXES, TASKS, load_builtin
+from t5kit.data.prefixes import PREFIXES
 
 FR_INPUTS = [
     "Configuration file",
@@ -71,6 +72,15 @@ def test_shipped_files_and_size():
         assert (BUILTIN_DIR / name).is_file(), name
     assert (BUILTIN_DIR / "model.safetensors").stat().st_size < 42 * 1024 * 1024
     assert DEMO_INPUTS and all(isinstance(t, str) and t for t in DEMO_INPUTS)
+    # the tasks it was fine-tuned on come from the one prefix registry, and every demo input is one of them
+    assert TASK_PREFIXES == {name: PREFIXES[name] for name in TASKS}
+    assert all(t.startswith(tuple(TASK_PREFIXES.values())) for t in DEMO_INPUTS)
+
+
+def test_builtin_tasks_are_accepted_by_name(generator):
+    text = "Configuration file"
+    by_name = generator.generate([text], task="translate_en_fr", max_new_tokens=16)[0]
+    assert by_name.text == generator.generate([TASK_PREFIXES["translate_en_fr"] + text], max_new_tokens=16)[0].text
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,38 @@
+"""Decoding over a small model protocol: options, logits processors, greedy / sampled / beam search.
+
+- :mod:`t5kit.generate.options`: :class:`GenerationConfig`, the one list of decoding options, and the CLI
+  flags and server schema derived from it;
+- :mod:`t5kit.generate.processors`: the logits processors (transformers' order and arithmetic);
+- :mod:`t5kit.generate.search`: :func:`generate` and :func:`stream`.
+
+This package imports no other part of t5kit above ``errors``: ``T5Model.generate`` calls into it. Text in,
+text out (tokenizer, task prefixes, batching, precision) is the pipeline's job: ``t5kit.Generator``
+(:mod:`t5kit.pipeline`).
+"""
+
+from t5kit.generate.options import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GenerationConfig,
+    GenerationError,
+    add_generation_arguments,
+    check_option,
+    generation_parameters_model,
+    option_fields,
+    options_from_args,
+)
+from t5kit.generate.processors import LogitsProcessors
+from t5kit.generate.search import (
+    DecodingCache,
+    DecodingModel,
+    GenerationOutput,
+    LengthLimitWarning,
+    StreamEvent,
+    generate,
+    stream,
+)
+
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS", "DecodingCache", "DecodingModel", "GenerationConfig", "GenerationError",
+    "GenerationOutput", "LengthLimitWarning", "LogitsProcessors", "StreamEvent", "add_generation_arguments",
+    "check_option", "generate", "generation_parameters_model", "option_fields", "options_from_args", "stream",
+]

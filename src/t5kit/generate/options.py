@@ -1,0 +1,341 @@
+"""The decoding options: :class:`GenerationConfig` is the one list, and the other views are built from it.
+
+Each field's ``dataclasses.field(metadata=...)`` holds its help text and its bounds (``ge``, ``gt``,
+``le``, ``finite``, ``choices``), plus ``flag`` where the command-line spelling is special and
+``request=False`` where a server client may not set it (token ids are the model's business).
+Construction validates from those bounds, and the views below read the same metadata. Before #16 the
+options were written out in five places (two in the search module, the CLI, and two in the server) and
+the copies had drifted. Adding an option now takes one edit here.
+
+The functions other modules call (named here so that the CLI and the server can depend on them):
+
+- ``add_generation_arguments(parser, exclude=()) -> argument group``: one ``--flag`` per field plus
+  ``--seed``, each defaulting to ``None`` so that only what the user typed overrides a task's defaults
+  (used by ``t5kit generate``, ``t5kit eval``, ``t5kit demo`` and ``t5kit serve``);
+- ``options_from_args(args) -> dict``: the options the user gave, as ``generate()`` keyword arguments,
+  each value checked at once (a bad value raises :class:`GenerationError` naming the flag's option).
+  ``--seed N`` becomes ``generator=torch.Generator().manual_seed(N)``;
+- ``generation_parameters_model(name=..., exclude=(), defaults={}, limits={}, seed=True) -> type[BaseModel]``:
+  the server's request ``parameters`` schema (pydantic, strict, unknown keys refused), with the same names,
+  bounds and descriptions. Its instances have ``.generation_options()`` (the config fields that are set,
+  ready for ``generate()``) and ``.seed``; the cross-option checks (``num_return_sequences`` against
+  ``num_beams`` ...) run when a request is parsed, so a bad request gets the GenerationError message;
+- ``check_option(name, value)``: one option's own check (the one ``__post_init__`` runs);
+- ``option_fields()``: the fields, for anything else that lists the options.
+
+Precision (fp32 / bf16 / int8) picks the weights, not the search, so it is not an option here. It lives in
+``t5kit.kernels.inference.precision`` (``PRECISIONS``, ``add_precision_argument(parser)``), because
+conversion is an inference kernel and sits above the model, which imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from t5kit.errors import T5kitError, closest_names
+
+DEFAULT_MAX_NEW_TOKENS = 256  # generous on purpose: a silent cut at 20 tokens is a classic complaint
+
+
+class GenerationError(T5kitError, ValueError):
+    """A decoding option or input that generation cannot accept."""
+
+
+def _option(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field whose metadata is the option's documentation and bounds."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class GenerationConfig:
+    """Every decoding option, validated on construction (``GenerationError`` names the bad option).
+
+    Token ids (``eos_token_id`` ...) default to the model's config when left ``None``.
+    """
+
+    max_new_tokens: int = _option(DEFAULT_MAX_NEW_TOKENS, "stop after this many new tokens", ge=1)
+    min_new_tokens: int = _option(0, "forbid EOS before this many new tokens", ge=0)
+    num_beams: int = _option(1, "beam search with this many beams (1: greedy or sampling)", ge=1)
+    length_penalty: float = _option(1.0, "beam length penalty exponent (see --length-penalty-style)", finite=True)
+    length_penalty_style: str = _option(
+        "hf", "hf: score / len^alpha (transformers); gnmt: score / ((5 + len) / 6)^alpha (the T5 paper's)",
+        choices=("hf", "gnmt"), hint="'hf' divides by len**lp, 'gnmt' by ((5 + len) / 6)**lp")
+    early_stopping: bool | str = _option(
+        False, "beam search: stop an input once num_beams hypotheses are finished (true), by the length "
+        "heuristic (false), or never (as transformers); the flag alone means true", choices=(True, False, "never"))
+    num_return_sequences: int = _option(1, "outputs per input (at most num_beams without sampling)", ge=1)
+    do_sample: bool = _option(False, "sample from the distribution instead of greedy / beam search")
+    temperature: float = _option(1.0, "sampling temperature", gt=0, finite=True,
+                                 hint="for deterministic output use do_sample=False")
+    top_k: int | None = _option(None, "sample among the k most likely tokens", ge=1)
+    top_p: float | None = _option(None, "sample among the most likely tokens of total probability top_p", gt=0, le=1)
+    no_repeat_ngram_size: int = _option(0, "forbid repeating any n-gram of this size (0: off)", ge=0)
+    repetition_penalty: float = _option(1.0, "divide the logits of tokens already present by this (1: off)", gt=0,
+                                        finite=True)
+    suppress_tokens: Sequence[int] = _option((), "token ids never generated", ge=0)
+    eos_token_id: int | None = _option(None, "end-of-sequence id (default: the model's)", ge=0, request=False)
+    pad_token_id: int | None = _option(None, "padding id (default: the model's)", ge=0, request=False)
+    decoder_start_token_id: int | None = _option(None, "decoder start id (default: the model's)", ge=0,
+                                                 request=False)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_option(f.name, getattr(self, f.name))
+        self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
+        if self.num_return_sequences > self.num_beams and not self.do_sample:
+            raise GenerationError(
+                f"num_return_sequences ({self.num_return_sequences}) > num_beams ({self.num_beams}): without "
+                "sampling there are only num_beams distinct outputs; raise num_beams or set do_sample=True")
+
+    @classmethod
+    def from_options(cls, base: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
+        """``base`` with ``options`` replaced; an unknown option name is an error with a suggestion."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in options:
+            if key not in names:
+                raise GenerationError(f"unknown generation option {key!r}.{closest_names(key, names)}")
+        if base is None:
+            return cls(**options)
+        return dataclasses.replace(base, **options)
+
+    def resolved(self, model_config: Any) -> GenerationConfig:
+        """Fill the token ids left ``None`` from the model's config."""
+        return dataclasses.replace(
+            self,
+            eos_token_id=self.eos_token_id if self.eos_token_id is not None else model_config.eos_token_id,
+            pad_token_id=self.pad_token_id if self.pad_token_id is not None else model_config.pad_token_id,
+            decoder_start_token_id=(self.decoder_start_token_id if self.decoder_start_token_id is not None
+                                    else model_config.decoder_start_token_id),
+        )
+
+    def penalty(self, length: int) -> float:
+        """The divisor applied to a summed log-probability of ``length`` generated tokens."""
+        if self.length_penalty_style == "gnmt":
+            return ((5.0 + length) / 6.0) ** self.length_penalty
+        return float(length) ** self.length_penalty
+
+
+# ---------------------------------------------------------------------------------------------- one field
+
+
+def option_fields() -> tuple[dataclasses.Field, ...]:
+    """The fields of :class:`GenerationConfig`, in order."""
+    return dataclasses.fields(GenerationConfig)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(GenerationConfig)}
+_HINTS = typing.get_type_hints(GenerationConfig)
+
+
+def _kind(name: str) -> type:
+    """int, float, bool, str, tuple (a list of ids) or object (a choice of mixed types): the value's kind."""
+    hint = _HINTS[name]
+    args = [hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) > 1:  # bool | str: a choice among values of both types
+        return object
+    if typing.get_origin(args[0]) in (Sequence, list, tuple):
+        return tuple
+    return args[0]
+
+
+def _bounds(meta: Mapping[str, Any]) -> str:
+    ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
+    low = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else "(-inf"
+    if le is not None:
+        return f"in {low}, {le}]"
+    if ge is not None:
+        return f">= {ge}"
+    return f"> {gt}" if gt is not None else "finite"
+
+
+def check_option(name: str, value: Any) -> None:
+    """Raise :class:`GenerationError` when ``value`` is not acceptable for option ``name`` by itself."""
+    meta = _FIELDS[name].metadata
+    if value is None and _FIELDS[name].default is None:
+        return
+    hint = f" ({meta['hint']})" if "hint" in meta else ""
+    kind = _kind(name)
+    if "choices" in meta:
+        if not any(value == c and type(value) is type(c) for c in meta["choices"]):
+            shown = ", ".join(repr(c) for c in meta["choices"])
+            raise GenerationError(f"{name} must be one of {shown}, got {value!r}{hint}")
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise GenerationError(f"{name} must be True or False, got {value!r}")
+        return
+    if kind is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Collection):
+            raise GenerationError(f"{name} must be a list of token ids, got {value!r}")
+        for item in value:
+            _check_number(name, item, int, meta, hint, what="token ids")
+        return
+    _check_number(name, value, kind, meta, hint)
+
+
+def _check_number(name: str, value: Any, kind: type, meta: Mapping[str, Any], hint: str, what: str = "") -> None:
+    integer = kind is int
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    if ok and not integer and (meta.get("finite") or meta.get("gt") is not None) and not math.isfinite(value):
+        ok = False
+    if ok:
+        ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
+        ok = (ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
+    if not ok:
+        noun = what or ("an integer" if integer else "a finite number" if meta.get("finite") else "a number")
+        bounds = _bounds(meta)
+        rule = f"{noun} {bounds}" if bounds != "finite" else noun
+        raise GenerationError(f"{name} must be {rule}, got {value!r}{hint}")
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _early_stopping(text: str) -> bool | str:
+    values = {"true": True, "false": False, "never": "never"}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"choose true, false or never, not {text!r}")
+    return values[text.lower()]
+
+
+def _token_ids(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids, not {text!r}") from None
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = ()) -> Any:
+    """One flag per :class:`GenerationConfig` field (minus ``exclude``), and ``--seed``, in a "decoding" group.
+
+    Every default is ``None``: :func:`options_from_args` returns only what was given, so a task's or the
+    library's defaults fill in the rest. Returns the argument group.
+    """
+    group = parser.add_argument_group("decoding")
+    for f in option_fields():
+        if f.name in exclude:
+            continue
+        kind = _kind(f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "none" if default in (None, ()) else str(default).lower() if isinstance(default, bool) else default
+        help_ = f.metadata["help"] if "default" in f.metadata["help"] else f"{f.metadata['help']} (default: {shown})"
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind is object:  # early_stopping: the flag alone is True, or a value
+            kw.update(nargs="?", const=True, type=_early_stopping, metavar="{true,false,never}")
+        elif kind is tuple:
+            kw.update(type=_token_ids, metavar="ID,ID...")
+        elif "choices" in f.metadata:
+            kw["choices"] = list(f.metadata["choices"])
+        else:
+            kw["type"] = kind
+        group.add_argument(_flag(f), **kw)
+    if "seed" not in exclude:
+        group.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible outputs)")
+    return group
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options the user gave (each checked), plus ``generator`` for ``--seed``."""
+    options = {f.name: getattr(args, f.name) for f in option_fields() if getattr(args, f.name, None) is not None}
+    for name, value in options.items():
+        check_option(name, value)
+    if getattr(args, "seed", None) is not None:
+        options["generator"] = torch.Generator().manual_seed(args.seed)
+    return options
+
+
+# ---------------------------------------------------------------------------------------------- the server
+
+
+def _request_type(name: str) -> Any:
+    f = _FIELDS[name]
+    if "choices" in f.metadata:
+        hint: Any = Literal[tuple(f.metadata["choices"])]  # type: ignore[misc]
+    else:
+        kind = _kind(name)
+        hint = list[int] if kind is tuple else kind
+    return hint | None if f.default is None else hint
+
+
+def generation_parameters_model(
+    name: str = "GenerationParameters",
+    exclude: Collection[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    limits: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: bool = True,
+) -> type:
+    """A pydantic model of the decoding options a request may set (strict types, unknown keys refused).
+
+    ``exclude``: options the server does not take; ``defaults``: a different default per option (``None``
+    makes it optional, e.g. ``{"max_new_tokens": None}`` for "the server's"); ``limits``: tighter
+    bounds per option (``{"num_beams": {"le": 16}}``); ``seed``: add an optional ``seed`` (>= 0).
+    Fields with ``request=False`` in their metadata (token ids) are never included.
+    """
+    from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator  # optional: serve
+
+    defaults = dict(defaults or {})
+    limits = dict(limits or {})
+    unknown = (set(defaults) | set(limits) | set(exclude)) - set(_FIELDS) - {"seed"}
+    if unknown:
+        raise GenerationError(f"unknown generation option {sorted(unknown)[0]!r}."
+                              f"{closest_names(sorted(unknown)[0], _FIELDS)}")
+    fields: dict[str, Any] = {}
+    for f in option_fields():
+        if f.name in exclude or not f.metadata.get("request", True):
+            continue
+        meta = {k: f.metadata[k] for k in ("ge", "gt", "le") if k in f.metadata}
+        meta.update(limits.get(f.name, {}))
+        default = f.default if f.default is not dataclasses.MISSING else list(f.default_factory())
+        default = defaults.get(f.name, default)
+        hint = _request_type(f.name)
+        if default is None and f.default is not None:
+            hint = hint | None
+        if _kind(f.name) is tuple:  # bounds apply to each id
+            item = typing.Annotated[int, Field(**meta)]
+            hint, meta = list[item], {}
+        allow_inf = {"allow_inf_nan": False} if _kind(f.name) is float else {}
+        fields[f.name] = (hint, Field(default, description=f.metadata["help"], **meta, **allow_inf))
+    if seed and "seed" not in exclude:
+        fields["seed"] = (int | None, Field(None, ge=0, description="sampling seed (reproducible outputs)"))
+    config_names = tuple(n for n in fields if n in _FIELDS)
+
+    class Parameters(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+
+        def generation_options(self) -> dict[str, Any]:
+            """The options that hold a value, as ``generate()`` keyword arguments (``seed`` aside)."""
+            return {n: getattr(self, n) for n in config_names if getattr(self, n) is not None}
+
+        @model_validator(mode="after")
+        def _consistent(self) -> Any:
+            options = self.generation_options()
+            if "suppress_tokens" in options:
+                options["suppress_tokens"] = tuple(options["suppress_tokens"])
+            try:
+                GenerationConfig(**options)
+            except GenerationError as err:
+                raise ValueError(str(err)) from None
+            return self
+
+    model = create_model(name, __base__=Parameters, **fields)
+    model.__doc__ = "Decoding options (derived from t5kit.generate.GenerationConfig)."
+    return model

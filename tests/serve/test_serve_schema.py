@@ -1,0 +1,74 @@
+"""The request schema: the decoding parameters follow ``GenerationConfig`` and are checked by it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+pytest.importorskip("pydantic")
+
+from t5kit.generate import GenerationConfig, GenerationError  # noqa: E402
+from t5kit.serve.schema import (  # noqa: E402
+    APIError,
+    GenerateParameters,
+    Limits,
+    check_request,
+    parameters_model,
+    parse_request,
+)
+
+SERVER_OWN = {"seed"}  # request parameters that are not GenerationConfig fields
+
+
+def test_every_scalar_option_is_a_parameter_with_its_default():
+    fields = {f.name: f for f in dataclasses.fields(GenerationConfig)}
+    served = set(GenerateParameters.model_fields) - SERVER_OWN
+    assert served <= set(fields)
+    left_out = set(fields) - served
+    assert left_out == {n for n in fields if n.endswith("_token_id")} | {"num_return_sequences", "suppress_tokens"}
+    for name in served - {"max_new_tokens"}:  # the server's default_max_new_tokens applies instead
+        assert GenerateParameters.model_fields[name].default == fields[name].default, name
+    assert GenerateParameters.model_fields["max_new_tokens"].default is None
+
+
+def test_an_option_added_to_the_definition_is_served():
+    @dataclasses.dataclass
+    class Options:
+        max_new_tokens: int = 20
+        typical_p: float | None = None
+        eos_token_id: int | None = None
+
+    model = parameters_model(Options)
+    assert set(model.model_fields) == {"max_new_tokens", "typical_p", "seed"}
+    assert model(typical_p=0.5).typical_p == 0.5
+
+
+def request(**parameters):
+    return parse_request(json.dumps({"inputs": "x", "parameters": parameters}).encode())
+
+
+@pytest.mark.parametrize(
+    "parameters, field",
+    [({"top_p": 1.5}, "top_p"), ({"temperature": -0.5}, "temperature"), ({"min_new_tokens": -1}, "min_new_tokens"),
+     ({"repetition_penalty": 0.0}, "repetition_penalty"), ({"early_stopping": "maybe"}, "early_stopping")],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_values_are_checked_by_generation_config_and_name_the_parameter(parameters, field):
+    with pytest.raises(GenerationError) as expected:
+        GenerationConfig(**parameters)
+    with pytest.raises(APIError) as err:
+        check_request(request(**parameters), Limits())
+    assert err.value.status == 422 and err.value.body["code"] == "invalid_request"
+    message = err.value.body["message"]
+    assert message.startswith(f"parameters.{field} ") and str(expected.value).split(" ", 1)[1] in message
+    assert err.value.body["details"][0]["field"] == f"parameters.{field}"
+
+
+def test_checked_request_carries_options_limits_and_seed():
+    checked = check_request(request(do_sample=True, temperature=0.7, seed=3), Limits(default_max_new_tokens=9))
+    assert checked.max_new_tokens == 9 and checked.seed == 3 and checked.texts == ["x"]
+    assert checked.options["temperature"] == 0.7 and "max_new_tokens" not in checked.options
+    assert set(checked.options) == set(GenerateParameters.model_fields) - SERVER_OWN - {"max_new_tokens"}
+    assert check_request(request(seed=3), Limits()).seed is None  # greedy needs no seed: batched with others
