@@ -91,6 +91,12 @@ def train(
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def _validation_options(e: EvalConfig, precision: str, device: torch.device) -> dict[str, Any]:
+    """The options of :func:`t5kit.evaluate.validate` a run's ``eval`` and ``train.precision`` give."""
+    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    return dict(batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, autocast_dtype=autocast_dtype, device=device)
+
+
 def _autocast(precision: str, device: torch.device) -> Any:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -259,12 +265,7 @@ class _Run:
         e, t, info = self.cfg.eval, self.cfg.train, self.info
         if e is None or not self.val_sets:
             return {}, False
-        options = dict(
-            batch_size=e.batch_size,
-            max_new_tokens=e.max_new_tokens,
-            autocast_dtype=torch.bfloat16 if t.precision == "bf16" else None,
-            device=self.device,
-        )
+        options = _validation_options(e, t.precision, self.device)
         if t.distributed == "fsdp" and info.enabled:  # sharded parameters: every rank takes part, loss only
             metrics, samples = validate(
                 self.train_model, self.val_sets, self.collator, self.tokenizer, generate=False, **options
@@ -436,18 +437,8 @@ def evaluate(
     generate: bool = True,
 ) -> tuple[dict[str, float], list[str]]:
     """:func:`t5kit.evaluate.validate` with the run's ``eval`` options (the config's defaults with ``eval: null``)."""
-    e = cfg.eval or EvalConfig()
-    return validate(
-        model,
-        val_sets,
-        collator,
-        tokenizer,
-        batch_size=e.batch_size,
-        max_new_tokens=e.max_new_tokens,
-        generate=generate,
-        autocast_dtype=torch.bfloat16 if cfg.train.precision == "bf16" else None,
-        device=device,
-    )
+    options = _validation_options(cfg.eval or EvalConfig(), cfg.train.precision, device)
+    return validate(model, val_sets, collator, tokenizer, generate=generate, **options)
 
 
 __all__ = [
