@@ -1,19 +1,35 @@
-"""Evaluate a model on a task: generate for every example (batched) and score with the task's metrics.
+"""Evaluate a model on a task's split with the task's metrics: the one place t5kit scores a model's outputs.
 
-This is the Python API behind ``t5kit eval``; training calls it for its periodic validation.
+Two entry points over one scoring rule (:func:`score`: the task's ``postprocess`` on predictions and
+references alike, then its metrics):
+
+- :func:`evaluate` - text in, text out through a :class:`~t5kit.Generator` (``t5kit eval``): every example of
+  a split, batched by length, predictions and metrics saved by :meth:`EvalResult.save`;
+- :func:`validate` - the trainer's periodic validation on a model it is training: the token-mean validation
+  loss of each :class:`ValidationSet` (built once by :func:`validation_set`) and, when asked, greedy outputs
+  scored the same way. It takes collated batches (text or token-id examples, e.g. span corruption), so it
+  works on the model as it trains, in its autocast, without a tokenizer round trip for the loss.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import time
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+from tqdm import tqdm
+
 from t5kit.errors import DataError
-from t5kit.metrics import compute_metrics
+from t5kit.ids import LABEL_PAD_ID
+from t5kit.io import write_json, write_jsonl
+from t5kit.metrics import METRICS, compute_metrics
 
 
 @dataclass
@@ -27,20 +43,27 @@ class EvalResult:
     def save(self, directory: str | os.PathLike) -> tuple[Path, Path]:
         """Write ``predictions.jsonl`` (one line per example, in order) and ``metrics.json``."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         predictions = directory / "predictions.jsonl"
         metrics = directory / "metrics.json"
-        tmp = predictions.with_name(predictions.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in self.predictions:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, predictions)
+        write_jsonl(predictions, self.predictions)
         summary = {"task": self.task, "split": self.split, "examples": len(self.predictions),
                    "seconds": round(self.seconds, 3), "metrics": self.metrics}
-        tmp = metrics.with_name(metrics.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, metrics)
+        write_json(metrics, summary)
         return predictions, metrics
+
+
+def score(
+    metrics: Sequence[str],
+    predictions: Sequence[str],
+    references: Sequence[Any],
+    postprocess: Callable[[str], Any] | None = None,
+) -> dict[str, float]:
+    """The task's metrics of ``predictions`` against ``references``, both mapped by the task's ``postprocess``
+    first (e.g. a label word back to its label), so a prediction and its reference are compared alike."""
+    post = postprocess or (lambda text: text)
+    return compute_metrics(
+        list(metrics), [str(post(p)) for p in predictions], [str(post(r)) for r in references]
+    )
 
 
 def task_examples(task: Any, split: str = "test", max_examples: int | None = None,
@@ -69,8 +92,6 @@ def evaluate(generator: Any, task: Any, split: str = "test", *, metrics: list[st
     start = time.perf_counter()
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(examples), desc=f"eval {task.name}/{split}", unit="ex")
     # Batches of similar length over the whole split (the generator sorts only within what it is given),
     # so short inputs are not padded to a long neighbour's length; results go back to the split's order.
@@ -86,10 +107,117 @@ def evaluate(generator: Any, task: Any, split: str = "test", *, metrics: list[st
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start
-    post = task.postprocess or (lambda text: text)
-    predictions = [str(post(r.text)) for r in results]
-    references = [str(post(e["targets"])) for e in examples]
-    scores = compute_metrics(names, predictions, references)
+    scores = score(names, [r.text for r in results], [e["targets"] for e in examples], task.postprocess)
     rows = [{"inputs": e["inputs"], "target": e["targets"], "prediction": r.text, "stop_reason": r.stop_reason}
             for e, r in zip(examples, results)]
     return EvalResult(task=task.name, split=split, metrics=scores, predictions=rows, seconds=seconds)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@dataclass
+class ValidationSet:
+    """A task's validation examples, taken once, and the t5kit metrics to score them with."""
+
+    name: str
+    examples: list[dict[str, Any]]
+    metrics: list[str]
+    postprocess: Callable[[str], Any] | None = None
+
+
+def validation_set(task: Any, split: str, tokenizer: Any = None, max_examples: int | None = None) -> ValidationSet:
+    """The first ``max_examples`` examples of ``task``'s ``split`` (a DataError names a missing split).
+
+    A metric name that is not a t5kit metric is skipped with a warning rather than failing the run that
+    evaluates it periodically.
+    """
+    examples = task.stream(split, tokenizer=tokenizer).take(max_examples)
+    known = [m for m in task.metrics if m in METRICS]
+    unknown = [m for m in task.metrics if m not in METRICS]
+    if unknown:
+        warnings.warn(f"task {task.name!r}: metrics {unknown} are not t5kit metrics; skipped", stacklevel=2)
+    return ValidationSet(task.name, examples, known, task.postprocess)
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    sets: Sequence[ValidationSet],
+    collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    tokenizer: Any,
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    generate: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[dict[str, float], list[str]]:
+    """Validation loss (token mean) per set and overall; with ``generate``, greedy outputs and the metrics.
+
+    Returns (metrics, a few ``input => prediction | reference`` sample lines for a log). Keys: ``NAME/val_loss``
+    and ``NAME/METRIC`` per set, ``val_loss`` and ``val_tokens`` over all sets, and each metric's mean over the
+    sets that compute it. ``model`` is put in eval mode for the call and back in its previous mode after.
+    ``generate=False`` (loss only) is for a sharded model that cannot decode on its own. Greedy decoding never
+    picks an id past the tokenizer's (the rows T5 pads its vocabulary with): those are no text.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    def autocast() -> Any:
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=autocast_dtype)
+
+    # A vocabulary padded past the tokenizer (T5's 32,128 rows for 32,100 pieces) has rows that are no token: a
+    # model trained from scratch can still pick one early on, and the tokenizer could not decode it.
+    padding_ids = tuple(range(len(tokenizer), model.config.vocab_size)) if generate else ()
+    was_training = model.training
+    model.eval()
+    results: dict[str, float] = {}
+    samples: list[str] = []
+    total_loss, total_tokens = 0.0, 0
+    per_metric: dict[str, list[float]] = {}
+    try:
+        for vs in sets:
+            loss_sum, tokens = 0.0, 0
+            predictions: list[str] = []
+            for i in range(0, len(vs.examples), batch_size):
+                chunk = vs.examples[i : i + batch_size]
+                batch = {k: v.to(device) for k, v in collator(chunk).items()}
+                n = int((batch["labels"] != LABEL_PAD_ID).sum())
+                with autocast():
+                    out = model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+                    )
+                loss_sum += float(out.loss) * n
+                tokens += n
+                if generate and vs.metrics:
+                    with autocast():
+                        decoded = model.generate(
+                            batch["input_ids"],
+                            batch["attention_mask"],
+                            max_new_tokens=max_new_tokens,
+                            suppress_tokens=padding_ids,
+                            warn_on_length_limit=False,
+                        )
+                    ids = decoded.sequences[:, 1:].tolist()  # the decoder start token dropped
+                    predictions.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
+            if tokens:
+                results[f"{vs.name}/val_loss"] = loss_sum / tokens
+            total_loss += loss_sum
+            total_tokens += tokens
+            if predictions:
+                references = [ex["targets"] for ex in vs.examples]
+                for name, value in score(vs.metrics, predictions, references, vs.postprocess).items():
+                    results[f"{vs.name}/{name}"] = float(value)
+                    per_metric.setdefault(name, []).append(float(value))
+                for ex, pred in list(zip(vs.examples, predictions))[:3]:
+                    samples.append(f"  {str(ex['inputs'])[:60]!r} => {pred[:60]!r} | {str(ex['targets'])[:60]!r}")
+    finally:
+        model.train(was_training)
+    if total_tokens:
+        results["val_loss"] = total_loss / total_tokens
+        results["val_tokens"] = total_tokens
+    for name, values in per_metric.items():
+        results[name] = sum(values) / len(values)
+    return results, samples

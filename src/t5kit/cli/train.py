@@ -8,6 +8,7 @@ _EXAMPLE = """example:
   t5kit data import gettext data/gettext
   t5kit train recipes/finetune_gettext_en_fr.yaml --set optim.lr=1e-3 --out runs/en-fr
   t5kit train recipes/finetune_gettext_en_fr.yaml --out runs/en-fr --resume     # after a crash
+  t5kit train run.yaml --set eval=null     # no validation split: train without evaluation
   torchrun --nproc_per_node 2 -m t5kit train recipes/finetune_gettext_en_fr.yaml  # DDP
 """
 

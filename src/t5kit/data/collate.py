@@ -1,4 +1,4 @@
-"""Batches for training: dynamic padding, labels padded with -100, optional packing.
+"""Batches for training: dynamic padding, labels padded with -100 (``t5kit.ids.LABEL_PAD_ID``), optional packing.
 
 Input examples are ``{"inputs": ..., "targets": ...}`` where each side is either text (encoded here with
 the tokenizer, EOS appended) or a list of token ids (used as is, e.g. from span corruption). The batch is
@@ -26,19 +26,8 @@ from typing import Any
 import torch
 
 from t5kit.errors import DataError
-
-PAD_ID = 0
-EOS_ID = 1
-LABEL_PAD = -100
-DECODER_START_ID = 0
-
-
-def shift_right(labels: torch.Tensor, start_id: int = DECODER_START_ID, pad_id: int = PAD_ID) -> torch.Tensor:
-    """Decoder inputs from labels: ``start_id`` in front, the last label dropped, -100 replaced by pad."""
-    out = torch.full_like(labels, pad_id)
-    out[..., 1:] = labels[..., :-1]
-    out[..., 0] = start_id
-    return out.masked_fill(out == LABEL_PAD, pad_id)
+from t5kit.ids import DECODER_START_ID, EOS_ID, LABEL_PAD_ID, PAD_ID
+from t5kit.model.masks import shift_right
 
 
 class Collator:
@@ -56,7 +45,7 @@ class Collator:
         max_targets_length: int | None = None,
         pad_id: int = PAD_ID,
         eos_id: int = EOS_ID,
-        label_pad_id: int = LABEL_PAD,
+        label_pad_id: int = LABEL_PAD_ID,
         decoder_start_id: int = DECODER_START_ID,
         pad_to_multiple_of: int | None = None,
         pack: bool = False,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from t5kit.errors import DataError
+from t5kit.errors import DataError, closest_names
 
 Record = dict[str, Any]
 
@@ -180,8 +180,6 @@ class FileSource(Stream):
         super().__init__()
         self.paths = _expand_paths(paths)
         if format is not None and format not in FORMATS:
-            from t5kit.errors import closest_names
-
             raise DataError(f"unknown data format {format!r}; use one of {', '.join(FORMATS)}."
                             + closest_names(format, FORMATS))
         self.formats = [format or _guess_format(p) for p in self.paths]
@@ -313,7 +311,7 @@ class FileSource(Stream):
 
     def _read_parquet(self, path: Path, fmt: str) -> Iterator[Record]:
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # optional: data
         except ImportError:  # pragma: no cover - pyarrow is in the data extra
             raise DataError("reading parquet needs pyarrow: pip install 't5kit[data]'") from None
         pf = pq.ParquetFile(path)
@@ -396,7 +394,7 @@ class HFDatasetSource(Stream):
 
     def _load(self):
         try:
-            import datasets  # type: ignore[import-not-found]
+            import datasets  # type: ignore[import-not-found]  # optional: the 'datasets' package (no extra)
         except ImportError:
             raise DataError(
                 f"the dataset id {self.name!r} needs the optional 'datasets' package (pip install datasets); "
@@ -606,8 +604,6 @@ def open_source(spec: Any, base_dir: str | os.PathLike | None = None, skip_bad: 
         allowed = {"format", "text_mode", "text_field", "encoding", "skip_bad", "fieldnames"}
         unknown = set(spec) - allowed
         if unknown:
-            from t5kit.errors import closest_names
-
             key = sorted(unknown)[0]
             raise DataError(f"unknown source key {key!r}; allowed: {', '.join(sorted(allowed))}."
                             + closest_names(key, allowed))

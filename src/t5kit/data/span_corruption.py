@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from t5kit.errors import DataError
+from t5kit.ids import EOS_ID
 
 DEFAULT_SENTINEL_START = 32099  # <extra_id_0> in the T5 vocabulary; <extra_id_i> = 32099 - i
-EOS_ID = 1
 
 SeedLike = int | np.random.Generator | Sequence[int] | None
 

@@ -135,7 +135,7 @@ class RMSNorm(nn.Module):
                 return self.weight * F.rms_norm(x, (x.shape[-1],), None, self.eps)
             variance = x.float().pow(2).mean(-1, keepdim=True)
             return self.weight * (x * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps)
+        return F.rms_norm(x.to(self.weight.dtype), (x.shape[-1],), self.weight, self.eps)  # float32 (or float64)
 
 
 # ---------------------------------------------------------------------------------------------- attention

@@ -300,8 +300,10 @@ class T5Model(nn.Module):
         return self.lm_head(decoder_hidden.to(weight_dtype(self.lm_head, decoder_hidden.dtype)))
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Token-mean cross entropy in float32 of ``logits`` [N, vocab] against ``labels`` [N] (-100 ignored)."""
-        return F.cross_entropy(logits.float(), labels, ignore_index=LABEL_PAD_ID)
+        """Token-mean cross entropy in float32 (float64 for float64 logits) of ``logits`` [N, vocab] against
+        ``labels`` [N] (-100 ignored)."""
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        return F.cross_entropy(logits.to(dtype), labels, ignore_index=LABEL_PAD_ID)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Encoder hidden states [batch, length, d_model] (after the final norm)."""

@@ -4,6 +4,15 @@ Why dataclasses and strict checking: a long run that silently ignores a misspelt
 wastes hours, so every key is checked against the dataclass fields, an unknown one suggests the close
 name, and values are coerced to the declared type (``--set train.steps=100`` arrives as text) and
 range-checked before anything is built.
+
+Sections: ``model`` (preset or checkpoint), ``data`` (tokenizer, tasks, lengths), ``optim``, ``schedule``,
+``train`` (steps, batch, precision, distributed), ``eval``, ``checkpoint``, ``log``.
+
+Evaluation: by default the run evaluates its validation tasks (``data.validation``, else the training
+tasks) on ``data.validation_split`` every ``eval.every`` steps and at the end. To train without evaluation
+(a task with no validation split, or a time-boxed job), set ``eval: null`` in the YAML or pass
+``--set eval=null``: no validation split is read, no ``best`` checkpoint is kept. (``eval.every: 0`` keeps
+its meaning: evaluate only at the end.)
 """
 
 from __future__ import annotations
@@ -16,11 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from t5kit.errors import ConfigError, closest_names
 
-OPTIMIZERS = ("adamw", "adafactor", "adamw_rms")
+OPTIMIZERS = ("adamw", "adafactor", "adamw_rms", "sgd")
 SCHEDULES = ("constant", "inverse_sqrt", "linear", "cosine")
-PRECISIONS = ("fp32", "bf16")
+# fp32: float32 weights and arithmetic; bf16: float32 weights under bfloat16 autocast; fp64: float64 weights and
+# arithmetic (several times slower): a reference run that measures float32 rounding (the parity tests use it).
+PRECISIONS = ("fp32", "bf16", "fp64")
 DISTRIBUTED = ("ddp", "fsdp")
 
 
@@ -61,7 +74,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
+    name: str = "adamw"  # adamw | adafactor | adamw_rms | sgd (plain, no momentum)
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -93,6 +106,8 @@ class TrainLoopConfig:
 
 @dataclass
 class EvalConfig:
+    """Periodic validation (through ``t5kit.evaluate.validate``); ``eval: null`` turns it off (module doc)."""
+
     every: int = 0  # steps between evaluations; 0: only at the end
     max_examples: int = 200
     batch_size: int = 32
@@ -123,7 +138,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig | None = field(default_factory=EvalConfig)  # None (`eval: null`): train without evaluation
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     out: str = "runs/run"
@@ -138,8 +153,6 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
         """Read a YAML file, apply ``a.b=value`` overrides (values parsed as YAML), validate."""
-        import yaml
-
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
@@ -181,24 +194,24 @@ class TrainConfig:
             raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
         if t.batch_size <= 0:
             raise ConfigError(f"train.batch_size must be > 0, got {t.batch_size}")
+        evaluation = () if e is None else (("eval.batch_size", e.batch_size), ("eval.max_new_tokens", e.max_new_tokens))
         for name, value in (
             ("train.steps", t.steps),
             ("train.grad_accum", t.grad_accum),
-            ("eval.batch_size", e.batch_size),
-            ("eval.max_new_tokens", e.max_new_tokens),
+            *evaluation,
             ("data.max_inputs_length", self.data.max_inputs_length),
             ("data.max_targets_length", self.data.max_targets_length),
             ("data.inputs_length", self.data.inputs_length),
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
+        evaluation = () if e is None else (("eval.every", e.every), ("eval.max_examples", e.max_examples))
         for name, value in (
             ("schedule.warmup_steps", s.warmup_steps),
-            ("eval.every", e.every),
+            *evaluation,
             ("checkpoint.every", c.every),
             ("optim.weight_decay", o.weight_decay),
             ("train.clip_grad_norm", t.clip_grad_norm),
-            ("eval.max_examples", e.max_examples),
             ("train.threads", t.threads),
             ("data.shuffle_buffer", self.data.shuffle_buffer),
         ):
@@ -230,8 +243,6 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` strings to a nested dict in place (values parsed as YAML: 1e-3, true, [1,2])."""
-    import yaml
-
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=1e-3), got {item!r}")

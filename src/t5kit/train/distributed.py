@@ -8,6 +8,7 @@ positions and RNG states) through :func:`gather`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from t5kit.model import DecoderLayer, EncoderLayer
 
 
 @dataclass
@@ -91,9 +95,7 @@ def wrap(model: nn.Module, info: DistInfo, mode: str = "ddp") -> nn.Module:
     if not info.enabled:
         return model
     if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        from t5kit.model import DecoderLayer, EncoderLayer
+        from torch.distributed.fsdp import fully_shard  # optional: FSDP2, torch >= 2.6 built with distributed
 
         # One shard group per layer, except layers owning the relative-position table: the stack computes
         # their bias before calling them, so their parameters stay in the root group (gathered first).
@@ -102,8 +104,6 @@ def wrap(model: nn.Module, info: DistInfo, mode: str = "ddp") -> nn.Module:
                 fully_shard(module)
         fully_shard(model)
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DDP(model, device_ids=ids)
 
@@ -115,8 +115,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def set_grad_sync(model: nn.Module, enabled: bool) -> Any:
     """A context that skips the gradient all-reduce for all but the last micro-batch (accumulation)."""
-    import contextlib
-
     if hasattr(model, "no_sync") and not enabled:
         return model.no_sync()
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
@@ -129,7 +127,10 @@ def full_state(
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(full model state on CPU, or None when not sharded; full optimiser state). Collective (FSDP)."""
     if info.enabled and mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        from torch.distributed.checkpoint.state_dict import (  # optional: torch built with distributed
+            StateDictOptions,
+            get_state_dict,
+        )
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state, optim_state = get_state_dict(model, optimizer, options=options)
@@ -141,7 +142,10 @@ def load_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], mode: str, info: DistInfo
 ) -> None:
     if info.enabled and mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (  # optional: torch built with distributed
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
     else:

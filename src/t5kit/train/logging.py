@@ -7,6 +7,10 @@
 - ``curves.png``: training loss and validation loss/metrics against the step, written at the end of a
   run and by ``t5kit plot RUN_DIR`` (matplotlib, imported lazily with the headless Agg backend).
 
+Whole-file writes (the logs rewritten on resume, the CSV when a column appears, ``curves.png``) go through
+``t5kit.io`` (a temporary name, then one rename), so a run killed mid-write leaves the old file, never half
+of one; records are appended line by line, and a line cut short by a kill is skipped when read.
+
 Why the logs are rewritten on resume: a killed run may have logged steps after its last checkpoint; the
 resumed run repeats them, so records beyond the resumed step are dropped to keep one line per step.
 """
@@ -19,6 +23,11 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
+
+from t5kit.errors import T5kitError
+from t5kit.io import atomic_path, write_text
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -62,12 +71,9 @@ class RunLogger:
         self._columns: list[str] = []
         for r in kept:
             self._add_columns(r)
-        with open(self.run_dir / METRICS_JSONL, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+        write_text(self.run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in kept))
         self._rewrite_csv(kept)
         if progress:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(
                 total=total_steps,
                 initial=start_step,
@@ -78,7 +84,7 @@ class RunLogger:
             )
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: the tensorboard package (no extra)
 
                 self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
             except (ImportError, ModuleNotFoundError):
@@ -90,7 +96,7 @@ class RunLogger:
         return bool(new)
 
     def _rewrite_csv(self, records: list[dict[str, Any]]) -> None:
-        with open(self.run_dir / METRICS_CSV, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(self.run_dir / METRICS_CSV) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=self._columns)
             writer.writeheader()
             writer.writerows(records)
@@ -140,16 +146,14 @@ def _short(value: Any) -> str:
 
 def plot_run(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
     """Draw the training loss and the validation curves of a run into a PNG; returns its path."""
-    from t5kit.errors import T5kitError
-
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     if not records:
         raise T5kitError(f"{run_dir} has no {METRICS_JSONL}; is it a t5kit training run directory?")
-    import matplotlib
+    import matplotlib  # optional: plot
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: plot
 
     train = [r for r in records if r.get("kind") == "train" and "loss" in r]
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -188,8 +192,9 @@ def plot_run(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) 
         ax2.legend()
     fig.tight_layout()
     out = Path(path) if path is not None else run_dir / CURVES_PNG
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out) as tmp:  # the temporary name keeps the .png suffix matplotlib reads the format from
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return out

@@ -1,5 +1,9 @@
 """Optimisers for T5: AdamW (torch's fused/foreach kernels), Adafactor as in the paper, AdamW with
-RMS-scaled updates (the "AdamWScale" of the modern efficient recipe).
+RMS-scaled updates (the "AdamWScale" of the modern efficient recipe), and plain SGD.
+
+Why plain SGD is offered: its step is the gradient times the learning rate, so a run compared with another
+(N ranks against one, packed against unpacked) shows a gradient that is off by a constant factor; AdamW and
+Adafactor divide that factor out, and gradient clipping hides it too.
 
 Why our own Adafactor: the paper's optimiser (Shazeer & Stern 2018 as configured by Mesh TensorFlow)
 is factored second moments, ``beta2_t = 1 - t^-0.8``, update clipping at RMS 1.0, no momentum, the step
@@ -16,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from t5kit.errors import ConfigError
+from t5kit.errors import ConfigError, closest_names
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -188,7 +192,7 @@ def build_optimizer(
     scale_parameter: bool = True,
     implementation: str = "auto",
 ) -> torch.optim.Optimizer:
-    """The optimiser named in the config (``adamw``, ``adafactor``, ``adamw_rms``) over the parameters."""
+    """The optimiser named in the config (``adamw``, ``adafactor``, ``adamw_rms``, ``sgd``) over the parameters."""
     if lr <= 0:
         raise ConfigError(f"learning rate must be > 0, got {lr}")
     groups = param_groups(model, weight_decay)
@@ -201,8 +205,7 @@ def build_optimizer(
         return Adafactor(groups, lr=lr, scale_parameter=scale_parameter)
     if name == "adamw_rms":
         return AdamWScale(groups, lr=lr, betas=tuple(betas), eps=eps)
-    from t5kit.errors import closest_names
-
-    raise ConfigError(
-        f"unknown optimiser {name!r}.{closest_names(name, ['adamw', 'adafactor', 'adamw_rms'])}"
-    )
+    if name == "sgd":  # no momentum; each group's weight decay is coupled, which for plain SGD is the same step
+        return torch.optim.SGD(groups, lr=lr)
+    names = ["adamw", "adafactor", "adamw_rms", "sgd"]
+    raise ConfigError(f"unknown optimiser {name!r}.{closest_names(name, names)}")

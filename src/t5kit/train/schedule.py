@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from t5kit.errors import ConfigError
+from t5kit.errors import ConfigError, closest_names
 
 SCHEDULES = ("constant", "inverse_sqrt", "linear", "cosine")
 
@@ -29,8 +29,6 @@ def lr_factor(
     if name == "inverse_sqrt":
         return 1.0 / math.sqrt(max(step, warmup_steps, 1))
     if name not in SCHEDULES:
-        from t5kit.errors import closest_names
-
         raise ConfigError(
             f"unknown schedule {name!r}.{closest_names(name, SCHEDULES)} Known: {', '.join(SCHEDULES)}"
         )

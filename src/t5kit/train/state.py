@@ -32,6 +32,7 @@ import torch
 
 from t5kit.checkpoint import convert_hf_state_dict, read_state_dict
 from t5kit.errors import CheckpointError
+from t5kit.io import write_json
 from t5kit.model import save_model
 
 STATE_NAME = "trainer_state.json"
@@ -213,8 +214,7 @@ def save_checkpoint(
         save_model(model, tmp)
         _save_torch(optimizer_state, tmp / OPTIMIZER_NAME)
         _save_torch(torch_rng, tmp / RNG_NAME)
-        text = json.dumps(trainer_state, indent=1, sort_keys=True)
-        (tmp / STATE_NAME).write_text(text + "\n", encoding="utf-8")
+        write_json(tmp / STATE_NAME, trainer_state, indent=1, sort_keys=True)
         for child in tmp.iterdir():
             with open(child, "rb") as f:
                 os.fsync(f.fileno())

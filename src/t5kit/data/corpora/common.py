@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from t5kit.errors import DataError
+from t5kit.io import write_json
+from t5kit.io import write_jsonl as write_jsonl  # the importers write their splits through it
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.90, 0.05, 0.05)
@@ -72,20 +73,6 @@ def package_licence(package: str, doc_root: str = "/usr/share/doc") -> str:
     return ", ".join(names[:6]) if names else f"see {path}"
 
 
-def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
-
-
 def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
-    return path
+    """``out/manifest.json`` (indented, non-ASCII kept), written atomically."""
+    return write_json(Path(out) / "manifest.json", manifest)

@@ -20,6 +20,7 @@ Cleaning, and why:
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from collections import Counter, defaultdict
@@ -37,6 +38,7 @@ from t5kit.data.corpora.common import (
     write_manifest,
 )
 from t5kit.errors import DataError
+from t5kit.io import write_text
 
 LOCALE_DIR = "/usr/share/locale"
 
@@ -244,15 +246,13 @@ def import_gettext(
     packages = sorted(set(owners.values()))
     manifest["source_packages"] = {p: package_licence(p) for p in packages}
     manifest["catalogues_without_package"] = len([f for f in all_files if str(f) not in owners])
-    (out / "tasks.yaml").write_text("\n".join(tasks_yaml) + "\n", encoding="utf-8")
+    write_text(out / "tasks.yaml", "\n".join(tasks_yaml) + "\n")
     write_manifest(out, manifest)
     return manifest
 
 
 def iter_pairs(out: str | Path, lang: str, split: str, source_lang: str = "en") -> Iterator[dict[str, Any]]:
     """Read back one split written by :func:`import_gettext`."""
-    import json
-
     with open(Path(out) / f"{source_lang}-{lang}" / f"{split}.jsonl", encoding="utf-8") as f:
         for line in f:
             yield json.loads(line)

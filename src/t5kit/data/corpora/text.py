@@ -15,8 +15,10 @@ characters and bytes per source and split.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import html.parser
+import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ from t5kit.data.corpora.common import (
     write_manifest,
 )
 from t5kit.errors import DataError, closest_names
+from t5kit.io import atomic_open, write_text
 
 MAN_DIR = "/usr/share/man"
 GCIDE_DIR = "/usr/share/dictd"
@@ -216,17 +219,16 @@ def import_text(
     dirs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the pre-training text corpus; ``limit`` caps documents per source (quick trials, tests)."""
-    import json
-
     for s in sources:
         if s not in _READERS:
             raise DataError(f"unknown text source {s!r}; use {', '.join(TEXT_SOURCES)}." + closest_names(s, _READERS))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {s: open(out / f"{s}.jsonl.tmp", "w", encoding="utf-8") for s in SPLITS}
     stats: dict[str, Any] = {}
     used_files: set[str] = set()
-    try:
+    # The three splits appear together once every source was read (t5kit.io: a failed import leaves none).
+    with contextlib.ExitStack() as stack:
+        files = {s: stack.enter_context(atomic_open(out / f"{s}.jsonl")) for s in SPLITS}
         for name in sources:
             fn, default = _READERS[name]
             st = {s: {"documents": 0, "characters": 0, "bytes": 0} for s in SPLITS}
@@ -239,16 +241,13 @@ def import_text(
                 st[split]["bytes"] += len(text.encode("utf-8"))
                 used_files.add(str(path))
             stats[name] = st
-    finally:
-        for f in files.values():
-            f.close()
-    for s in SPLITS:
-        (out / f"{s}.jsonl.tmp").replace(out / f"{s}.jsonl")
     owners = owning_packages(used_files)
     pkgs = sorted(set(owners.values()))
-    (out / "tasks.yaml").write_text(
+    write_text(
+        out / "tasks.yaml",
         "tasks:\n  - name: text_span_corruption\n    kind: span_corruption\n    inputs_length: 512\n"
-        "    source: {" + ", ".join(f"{s}: {s}.jsonl" for s in SPLITS) + "}\n", encoding="utf-8")
+        "    source: {" + ", ".join(f"{s}: {s}.jsonl" for s in SPLITS) + "}\n",
+    )
     totals = {k: sum(st[s][k] for st in stats.values() for s in SPLITS) for k in ("documents", "characters", "bytes")}
     manifest = {
         "kind": "text", "sources": stats, "totals": totals, "limit_per_source": limit,

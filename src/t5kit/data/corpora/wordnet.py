@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from t5kit.data.corpora.common import SPLITS, package_licence, require_package, split_of, write_jsonl, write_manifest
+from t5kit.io import write_text
 
 WORDNET_DIR = "/usr/share/wordnet"
 POS_FILES = (("noun", "noun"), ("verb", "verb"), ("adj", "adjective"), ("adv", "adverb"))
@@ -76,9 +77,11 @@ def import_wordnet(out: str | Path, wordnet_dir: str | Path = WORDNET_DIR) -> di
     for r in records:
         by_split[split_of(r["word"])].append(r)
     counts = {s: write_jsonl(out / f"{s}.jsonl", recs) for s, recs in by_split.items()}
-    (out / "tasks.yaml").write_text(
+    write_text(
+        out / "tasks.yaml",
         "tasks:\n  - name: wordnet_define\n    kind: definition\n    source: {"
-        + ", ".join(f"{s}: {s}.jsonl" for s in SPLITS) + "}\n", encoding="utf-8")
+        + ", ".join(f"{s}: {s}.jsonl" for s in SPLITS) + "}\n",
+    )
     manifest = {
         "kind": "wordnet", "task": "define: <word> -> gloss of the most frequent sense",
         "definitions": counts, "total": sum(counts.values()),

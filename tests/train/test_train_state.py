@@ -7,7 +7,7 @@ import errno
 from pathlib import Path
 
 import pytest
-from test_train_support import restore_threads, small_config, write_number_task  # noqa: F401
+from train_support import restore_threads, small_config, write_number_task  # noqa: F401
 
 from t5kit.errors import CheckpointError
 from t5kit.train import TrainConfig, train
@@ -67,12 +67,3 @@ def test_disk_full_while_checkpointing_leaves_no_partial_checkpoint(tmp_path: Pa
     monkeypatch.setattr(S, "_save_torch", real)
     result = train(cfg, out=str(out), resume=True)
     assert result.step == 2 and S.is_complete(out / "step-00000002")
-
-
-@pytest.mark.usefixtures("restore_threads")
-def test_best_metric_must_be_computed(tmp_path: Path) -> None:
-    from t5kit.errors import ConfigError
-
-    cfg = _config(tmp_path, eval={"best_metric": "blue"})
-    with pytest.raises(ConfigError, match="Did you mean 'bleu'"):
-        train(cfg)

@@ -51,6 +51,10 @@ def test_adafactor_matches_hand_computation(shape: tuple[int, ...], scale: bool)
         param.grad = g.clone()
         opt.step()
     expected = _adafactor_reference(p0.numpy(), [g.numpy() for g in grads], 0.01, scale)
+    # Against float64: three float32 steps round each parameter (|p| ~ 1) three times, half an ulp (6e-8 relative)
+    # each, and the update (~1e-2) carries a few ulps of its own; rtol 1e-5 is ~80 ulps relative, atol 1e-7 covers
+    # parameters near 0 where the update's rounding (~1e-9) is all there is. Measured: 8e-8 relative at most;
+    # a beta2 decay of -0.7 instead of -0.8 is 5e-5 away, update clipping switched off 2e-4 (for the matrices).
     np.testing.assert_allclose(param.detach().numpy(), expected, rtol=1e-5, atol=1e-7)
     state = opt.state[param]
     assert ("row" in state) == (len(shape) == 2)  # factored: O(n + m) memory, no full second moment
@@ -61,7 +65,7 @@ def test_adafactor_relative_step_without_lr() -> None:
     param.grad = torch.ones(4)
     Adafactor([param], lr=None, scale_parameter=False).step()
     # step 1: update sign(g) (RMS 1, not clipped), rate min(1e-2, 1/sqrt(1)) = 1e-2
-    torch.testing.assert_close(param.detach(), torch.full((4,), -1e-2))
+    torch.testing.assert_close(param.detach(), torch.full((4,), -1e-2))  # float32 defaults: 0 - 1e-2 is one rounding
 
 
 def test_adamw_rms_is_adamw_scaled_by_parameter_rms() -> None:
@@ -73,6 +77,8 @@ def test_adamw_rms_is_adamw_scaled_by_parameter_rms() -> None:
     AdamWScale([a], lr=2e-2, eps=1e-12).step()
     rms = float(p0.pow(2).mean().sqrt())
     torch.optim.AdamW([b], lr=2e-2 * rms, eps=1e-12, weight_decay=0.0).step()
+    # one float32 step each, the same formula with the rate folded in at another point: a few ulps apart (1e-5 is
+    # ~80 ulps relative; an update without the RMS factor is off by 1/rms - 1 ~ 4x)
     torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-7)
 
 
@@ -88,6 +94,7 @@ def test_build_optimizer_adamw_uses_a_fast_kernel_and_no_decay_on_norms() -> Non
 
 
 def test_schedules_at_chosen_steps() -> None:
+    # float64 arithmetic on closed forms: pytest.approx's relative 1e-6 is far above its rounding (~1e-16)
     # inverse square root, the paper's pre-training rate with lr = 1 and 10^4 warm-up steps
     assert lr_factor("inverse_sqrt", 1, 100, warmup_steps=10_000) == pytest.approx(0.01)
     assert lr_factor("inverse_sqrt", 10_000, 100, warmup_steps=10_000) == pytest.approx(0.01)

@@ -18,10 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_support import require_vocab, restore_threads  # noqa: F401
+from conftest import missing_system_part
+from train_support import require_vocab, restore_threads  # noqa: F401
 
+from t5kit.data import Collator
+from t5kit.evaluate import validate
 from t5kit.train import TrainConfig, train
-from t5kit.train.loop import build_model, build_streams, evaluate, load_tokenizer
+from t5kit.train.setup import build_model, build_streams, build_tokenizer
 
 LOCALE = Path("/usr/share/locale/fr/LC_MESSAGES")
 
@@ -34,7 +37,7 @@ def _short(record: dict) -> bool:
 @pytest.fixture(scope="module")
 def gettext_task(tmp_path_factory) -> Path:
     if not LOCALE.is_dir() or len(list(LOCALE.glob("*.mo"))) < 10:
-        pytest.skip("no French gettext catalogues on this machine")
+        missing_system_part("no French gettext catalogues on this machine")
     from t5kit.data.corpora.gettext import import_gettext, iter_pairs
 
     root = tmp_path_factory.mktemp("gettext")
@@ -109,13 +112,11 @@ def test_tiny_model_learns_gettext_en_fr(gettext_task: Path, tmp_path: Path) -> 
         }
     )
     torch.set_num_threads(1)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = build_tokenizer(cfg)
     torch.manual_seed(cfg.train.seed)
     _, val_sets = build_streams(cfg, tokenizer, "finetune", 0, 1)
-    from t5kit.data import Collator
-
     collator = Collator(tokenizer, max_inputs_length=24, max_targets_length=24)
-    before, _ = evaluate(build_model(cfg), val_sets, collator, tokenizer, cfg, torch.device("cpu"))
+    before, _ = validate(build_model(cfg, tokenizer), val_sets, collator, tokenizer, batch_size=64, max_new_tokens=12)
 
     start = time.perf_counter()
     result = train(cfg)
