@@ -23,6 +23,7 @@ t5kit reads both spellings; ``checkpoint.py`` settles the sharing from what the 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -250,8 +251,6 @@ class T5Config:
 
 
 def _is_typo(key: str, known: set[str]) -> bool:
-    import difflib
-
     return bool(difflib.get_close_matches(key, list(known), n=1, cutoff=0.85))
 
 

@@ -1,5 +1,7 @@
 """The one exception type users see: a message that names the problem and the fix."""
 
+import difflib
+
 
 class T5kitError(Exception):
     """A problem with the user's input, files or settings (not a bug in t5kit).
@@ -26,7 +28,5 @@ class DataError(T5kitError, ValueError):
 
 def closest_names(name: str, candidates, n: int = 3) -> str:
     """A ' Did you mean ...?' suffix naming the candidates closest to ``name`` (empty if none are close)."""
-    import difflib
-
     close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

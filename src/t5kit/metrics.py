@@ -123,7 +123,7 @@ def bleu(predictions: Sequence[str], references: References) -> SignedScore:
     """
     refs = _check_inputs(predictions, references)
     _require("sacrebleu", "BLEU")
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU  # optional: metrics
 
     metric = BLEU()
     result = metric.corpus_score(list(predictions), _reference_streams(refs))
@@ -138,7 +138,7 @@ def chrf(predictions: Sequence[str], references: References) -> SignedScore:
     """
     refs = _check_inputs(predictions, references)
     _require("sacrebleu", "chrF")
-    from sacrebleu.metrics import CHRF
+    from sacrebleu.metrics import CHRF  # optional: metrics
 
     metric = CHRF()
     result = metric.corpus_score(list(predictions), _reference_streams(refs))
@@ -189,7 +189,7 @@ def rouge(
     if unknown or not rouge_types:
         raise ConfigError(f"unknown ROUGE types {unknown}; choose from {', '.join(ROUGE_TYPES)}")
     _require("rouge_score", "ROUGE")
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # optional: metrics
 
     scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=True)
     totals = dict.fromkeys(rouge_types, 0.0)

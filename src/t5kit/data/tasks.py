@@ -14,6 +14,7 @@ span-corruption pre-training; tasks and mixtures can be declared in YAML or JSON
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import string
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from t5kit.data.prefixes import CONTEXT, DEFINE, LANGUAGES, QUESTION, SUMMARIZE, translation_prefix
 from t5kit.data.sources import Record, Repeat, Stream, open_source
@@ -485,8 +487,6 @@ def task_from_dict(decl: Mapping[str, Any], base_dir: str | None = None, where: 
                         f"Known kinds: {', '.join(TASK_KINDS)}")
     factory = TASK_KINDS[kind]
     name, source = decl.pop("name"), decl.pop("source")
-    import inspect
-
     params = set(inspect.signature(factory).parameters) | {"metrics", "size"}
     params -= {"name", "source", "kw"}
     for key in decl:
@@ -525,8 +525,6 @@ def load_tasks(path: str | os.PathLike, register: bool = True, overwrite: bool =
         if p.suffix.lower() == ".json":
             doc = json.loads(text)
         else:
-            import yaml
-
             doc = yaml.safe_load(text)
     except Exception as err:
         raise DataError(f"{p}: cannot parse task file: {err}") from None

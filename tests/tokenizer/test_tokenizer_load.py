@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from tokenizer_references import VOCAB
 
 from t5kit.errors import TokenizerError
 from t5kit.tokenizer import T5_VOCABULARY, ByteTokenizer, Tokenizer, load_tokenizer, t5_vocabulary_path
-
-from .references import VOCAB
 
 
 def test_load_tokenizer_rule(tmp_path):

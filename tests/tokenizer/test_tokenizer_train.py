@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tokenizer_references import near_tie, plain_texts
 
 from t5kit.errors import TokenizerError
 from t5kit.tokenizer import Tokenizer
-
-from .references import near_tie, plain_texts
 
 
 def _train_via_cli(tmp_path: Path, name: str, vocab_size: int, byte_fallback: bool) -> Path:

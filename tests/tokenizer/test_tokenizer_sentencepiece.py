@@ -7,10 +7,7 @@ import re
 import shutil
 
 import pytest
-
-from t5kit.errors import TokenizerError
-
-from .references import (
+from tokenizer_references import (
     CACHE,
     TOKENIZER_JSON,
     VOCAB,
@@ -21,6 +18,8 @@ from .references import (
     spm,
     tok,
 )
+
+from t5kit.errors import TokenizerError
 
 
 def test_corpus_is_large_and_varied():

@@ -4,10 +4,9 @@ against ``transformers``."""
 from __future__ import annotations
 
 import pytest
+from tokenizer_references import hf_t5, plain_texts, tok
 
 from t5kit.errors import TokenizerError
-
-from .references import hf_t5, plain_texts, tok
 
 
 def test_batch_call_padding_labels_and_truncation():

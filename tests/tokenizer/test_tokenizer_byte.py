@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from tokenizer_references import real_texts
 
 from t5kit.errors import TokenizerError
 from t5kit.tokenizer import ByteTokenizer, load_tokenizer
-
-from .references import real_texts
 
 
 def test_byte_tokenizer_matches_transformers_byt5(tmp_path):

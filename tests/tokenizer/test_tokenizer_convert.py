@@ -5,11 +5,10 @@ from __future__ import annotations
 import shutil
 
 from sentencepiece import sentencepiece_model_pb2 as pb
+from tokenizer_references import TOKENIZER_JSON, VOCAB, plain_texts, spm
 
 from t5kit.tokenizer import Tokenizer, load_tokenizer
 from t5kit.tokenizer.convert import proto_from_tokenizer_json
-
-from .references import TOKENIZER_JSON, VOCAB, plain_texts, spm
 
 
 def test_tokenizer_json_without_spiece_model(tmp_path):
