@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from t5kit.data import (
     span_corruption_lengths,
 )
 
-VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+VOCAB = "t5"  # the T5 vocabulary shipped in the package (t5kit.tokenizer.t5_vocabulary_path())
 
 
 def rate(fn, seconds: float) -> float:

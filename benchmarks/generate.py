@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from t5kit.tokenizer import t5_vocabulary_path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, peak_rss_mb, save_random_hf_checkpoint, set_threads, time_it  # noqa: E402
 
@@ -41,7 +43,9 @@ ENGINES = ["t5kit-fp32", "t5kit-bf16", "t5kit-int8", "transformers-fp32", "trans
            "ct2-int8"]
 SCENARIOS = [("greedy-b1", 1, 1), ("greedy-b16", 16, 1), ("beam4-b1", 1, 4)]  # name, batch, beams
 SOURCE, NEW = 64, 64
-VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+VOCAB_DIR = t5_vocabulary_path()  # spiece.model, shipped in the package
+# tokenizer.json, which the CTranslate2 converter reads: the tests' copy of the T5 vocabulary
+TOKENIZER_JSON = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "t5-vocab" / "tokenizer.json"
 
 
 def make_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,11 +62,11 @@ def engine_runner(engine: str, directory: Path):
         from t5kit.generate import generate
 
         precision = engine.split("-")[1]
-        model = T5Model.from_pretrained(directory).eval()
-        if precision != "fp32":
-            from t5kit.kernels.inference.precision import inference_model
+        from t5kit.kernels import install
+        from t5kit.kernels.inference.precision import inference_model
 
-            model = inference_model(model, precision)
+        # As t5kit.Generator prepares it: converted to the precision, with the inference kernels installed.
+        model = install(inference_model(T5Model.from_pretrained(directory).eval(), precision), "inference")
 
         def run(ids, mask, beams):
             out = generate(model, ids, mask, max_new_tokens=NEW, num_beams=beams, suppress_tokens=[1])
@@ -138,8 +142,8 @@ def step_weight_bytes(directory: Path) -> int:
 
 def prepare_checkpoint(preset: str) -> Path:
     directory = save_random_hf_checkpoint(preset)
-    for name in ("spiece.model", "tokenizer.json"):  # the CTranslate2 converter reads the vocabulary
-        shutil.copy(VOCAB_DIR / name, directory / name)
+    shutil.copy(VOCAB_DIR / "spiece.model", directory / "spiece.model")
+    shutil.copy(TOKENIZER_JSON, directory / "tokenizer.json")  # the CTranslate2 converter reads the vocabulary
     from ctranslate2.converters import TransformersConverter
 
     TransformersConverter(str(directory)).convert(str(directory / "ct2"), force=True)

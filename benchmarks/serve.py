@@ -32,7 +32,9 @@ from pathlib import Path
 
 import httpx
 
-VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+from t5kit.tokenizer import t5_vocabulary_path
+
+VOCAB = t5_vocabulary_path()  # the T5 vocabulary shipped in the package
 SENTENCES = [
     "The house is wonderful and the garden is full of flowers in the spring.",
     "Our meeting has been moved to Thursday afternoon because of the holiday.",

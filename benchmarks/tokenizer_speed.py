@@ -37,7 +37,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-DEFAULT_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5-vocab"
+DEFAULT_VOCAB = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "t5-vocab"  # spiece.model + tokenizer.json
 
 
 def gather_lines(n: int, max_chars: int = 2000, distinct: bool = False) -> list[str]:
