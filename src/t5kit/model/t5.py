@@ -131,6 +131,8 @@ class Decoder(_Stack):
             segments, positions = packing.decoder_segment_ids, packing.decoder_positions
             mask = segment_bias(segments, segments, causal=True)
             cross_bias = bias_in(segment_bias(segments, packing.encoder_segment_ids), x.dtype)
+        elif cache is not None and new == 1:  # one step sees every cached position: no mask to build
+            mask = cross_bias = None
         else:
             mask = causal_bias(new, end, start, x.device)[None, None]
             if attention_mask is not None:
