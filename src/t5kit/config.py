@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from t5kit.errors import ConfigError, closest_names
+from t5kit.io import write_json
 
 # Activation names accepted in ``feed_forward_proj`` ("gated-" prefix optional), mapped to the function
 # t5kit uses. "gated-gelu" means the tanh approximation for historical reasons (transformers maps it to
@@ -224,13 +225,7 @@ class T5Config:
         return cls.from_dict(data)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "config.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_json(Path(directory) / "config.json", self.to_dict(), indent=2, sort_keys=True)
 
     def replace(self, **changes: Any) -> T5Config:
         """A copy with some fields changed (validated like a new config)."""

@@ -1,4 +1,5 @@
-"""Atomic writes: the one helper every file t5kit writes goes through (checkpoints, configs, logs, corpora).
+"""Atomic writes: the one helper every file and directory t5kit writes goes through (checkpoints, configs,
+logs, corpora, training checkpoints).
 
 A file is written under a temporary name in its own directory and moved into place with ``os.replace``, so
 a reader (or a run resumed after a crash, a full disk or Ctrl-C) sees the old file or the new one, never
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -76,3 +78,57 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def _fsync_directory(path: Path) -> None:
+    """Flush a directory's entries (the renames into it) to disk; a no-op where the OS does not allow it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path`` (``.tmp-<name>-<pid>``); when the block ends without
+    an error its files are flushed to disk and it takes ``path``'s place in one rename (an existing ``path``
+    is moved aside to ``.old-<name>-<pid>`` first and removed after). On an error it is removed, and
+    ``path`` is as it was. A reader never sees a half-written directory: for training checkpoints."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            if child.is_file():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+        _fsync_directory(tmp)
+        if path.exists():
+            old = path.with_name(f".old-{path.name}-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_directory(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_directory(path: str | os.PathLike) -> None:
+    """Remove a directory so that it never looks half-deleted: renamed to ``.old-<name>`` first, then removed."""
+    path = Path(path)
+    trash = path.with_name(f".old-{path.name}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)

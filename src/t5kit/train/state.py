@@ -32,7 +32,7 @@ import torch
 
 from t5kit.checkpoint import convert_hf_state_dict, read_state_dict
 from t5kit.errors import CheckpointError
-from t5kit.io import write_json
+from t5kit.io import atomic_directory, remove_directory, write_json
 from t5kit.model import save_model
 
 STATE_NAME = "trainer_state.json"
@@ -166,9 +166,7 @@ def remove_partial(out: str | os.PathLike) -> list[str]:
 def prune(out: str | os.PathLike, keep_last: int) -> None:
     """Keep the newest ``keep_last`` step checkpoints (``best`` is separate and always kept)."""
     for _, path in list_checkpoints(out)[:-keep_last]:
-        trash = path.with_name(f".old-{path.name}")
-        os.replace(path, trash)  # renamed first: a half-deleted directory never looks like a checkpoint
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_directory(path)  # renamed first: a half-deleted directory never looks like a checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- save / load
@@ -176,19 +174,6 @@ def prune(out: str | os.PathLike, keep_last: int) -> None:
 
 def _save_torch(obj: Any, path: Path) -> None:
     torch.save(obj, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(
@@ -206,29 +191,13 @@ def save_checkpoint(
     """
     out = Path(out)
     final = out / name
-    tmp = out / f".tmp-{name}-{os.getpid()}"
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_model(model, tmp)
-        _save_torch(optimizer_state, tmp / OPTIMIZER_NAME)
-        _save_torch(torch_rng, tmp / RNG_NAME)
-        write_json(tmp / STATE_NAME, trainer_state, indent=1, sort_keys=True)
-        for child in tmp.iterdir():
-            with open(child, "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if final.exists():  # "best" is replaced: move the old one aside, then the new one in
-            old = out / f".old-{name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(out)
+        with atomic_directory(final) as tmp:
+            save_model(model, tmp)
+            _save_torch(optimizer_state, tmp / OPTIMIZER_NAME)
+            _save_torch(torch_rng, tmp / RNG_NAME)
+            write_json(tmp / STATE_NAME, trainer_state, indent=1, sort_keys=True)
     except (OSError, CheckpointError, RuntimeError, TypeError) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         cause = (
             err.__cause__ if isinstance(err, CheckpointError) and isinstance(err.__cause__, OSError) else err
         )
