@@ -10,6 +10,8 @@ text out (tokenizer, task prefixes, batching, precision) is the pipeline's job: 
 (:mod:`t5kit.pipeline`).
 """
 
+import importlib
+
 from t5kit.generate.options import (
     DEFAULT_MAX_NEW_TOKENS,
     GenerationConfig,
@@ -36,3 +38,14 @@ __all__ = [
     "GenerationOutput", "LengthLimitWarning", "LogitsProcessors", "StreamEvent", "add_generation_arguments",
     "check_option", "generate", "generation_parameters_model", "option_fields", "options_from_args", "stream",
 ]
+
+# Names that lived here before #16 and moved up to the text pipeline. Resolved on first use so that code
+# written against ``from t5kit.generate import Generator`` keeps working: a module-level import would be a
+# cycle (the pipeline imports the model, which imports this package). New code imports ``t5kit.Generator``.
+_MOVED = {"Generator": "t5kit.pipeline", "GenerationResult": "t5kit.pipeline"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 't5kit.generate' has no attribute {name!r}")
