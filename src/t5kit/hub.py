@@ -22,6 +22,10 @@ CHECKPOINT_FILES = ["*.json", "*.safetensors", "spiece.model", "*.model", "token
 TOKENIZER_FILES = ["spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json"]
 
 
+_FILES_OF = {"checkpoint": "config.json + model.safetensors + spiece.model",
+             "tokenizer": "spiece.model, or tokenizer.json"}
+
+
 class HubError(T5kitError):
     """A name that is neither a local directory nor a hub id that could be fetched."""
 
@@ -62,6 +66,6 @@ def resolve(
         raise error(
             f"{text!r} is not a local directory and could not be fetched from the Hugging Face hub "
             f"({type(err).__name__}: {detail}). If this machine is offline, download the {what} elsewhere and "
-            "pass its local directory (config.json + model.safetensors + spiece.model), or set HF_HUB_OFFLINE=1 "
+            f"pass its local directory ({_FILES_OF.get(what, _FILES_OF['checkpoint'])}), or set HF_HUB_OFFLINE=1 "
             "to use the local cache only"
         ) from None
