@@ -30,6 +30,7 @@ from t5kit.errors import DataError
 from t5kit.ids import LABEL_PAD_ID
 from t5kit.io import write_json, write_jsonl
 from t5kit.metrics import METRICS, compute_metrics
+from t5kit.pipeline import undecodable_ids
 
 
 @dataclass
@@ -168,9 +169,7 @@ def validate(
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=autocast_dtype)
 
-    # A vocabulary padded past the tokenizer (T5's 32,128 rows for 32,100 pieces) has rows that are no token: a
-    # model trained from scratch can still pick one early on, and the tokenizer could not decode it.
-    padding_ids = tuple(range(len(tokenizer), model.config.vocab_size)) if generate else ()
+    padding_ids = undecodable_ids(model.config.vocab_size, tokenizer) if generate else ()
     was_training = model.training
     model.eval()
     results: dict[str, float] = {}

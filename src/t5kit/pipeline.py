@@ -28,6 +28,14 @@ from t5kit.model import T5Model
 from t5kit.tokenizer import load_tokenizer
 
 
+def undecodable_ids(vocab_size: int, tokenizer: Any) -> tuple[int, ...]:
+    """The ids a model can emit that its tokenizer cannot decode: the rows a vocabulary is padded with (T5's
+    embedding has 32,128 rows for 32,100 pieces). A trained model rarely picks them, one trained from scratch
+    can; decoding never should (the one rule: the Generator, the server and validation suppress these)."""
+    pieces = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
+    return tuple(range(min(pieces, vocab_size), vocab_size))
+
+
 class TextStream:
     """Incremental detokenization: the text each new token adds, never a half character (the one copy:
     ``Generator.stream`` and the server's streaming both use it).
@@ -106,9 +114,7 @@ class Generator:
         self.model = model
         self.tokenizer = tokenizer
         self.precision = check_precision(precision) if precision is not None else None
-        model_vocab = model.config.vocab_size
-        tok_vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
-        self._unreachable = tuple(range(min(tok_vocab, model_vocab), model_vocab))
+        self._unreachable = undecodable_ids(model.config.vocab_size, tokenizer)
 
     @property
     def decoding_model(self) -> Any:

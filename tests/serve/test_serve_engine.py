@@ -98,3 +98,18 @@ def test_settings_group_equal_options_and_similar_lengths():
     assert DecodingSettings.of({"num_beams": 2}, 100).length_group == 100  # beam search: exact
     assert a != DecodingSettings.of({"temperature": 0.5, "do_sample": False}, 100)
     assert a.generate_options() == {"do_sample": False, "temperature": 1.0}
+
+
+def test_ids_the_tokenizer_cannot_decode_are_never_served(tmp_path):
+    """The vocabulary's padding rows (32,128 rows for 32,100 pieces) are suppressed, as Generator does: a model
+    that prefers them still answers with text."""
+    served = Engine.load(str(save_tiny_checkpoint(tmp_path)), name="tiny")
+    pieces = len(served.tokenizer)
+    assert served.undecodable == tuple(range(pieces, served.model.config.vocab_size)) and served.undecodable
+    with torch.no_grad():  # make every padding row the most likely next token
+        served.model.lm_head.weight[pieces:] = 50 * served.model.lm_head.weight[:pieces].abs().max()
+    greedy = DecodingSettings.of({}, 6)
+    plain = alone(served, served.encode(["x"])[0], 6)
+    assert any(t >= pieces for t in plain)  # unsuppressed, the model would emit them
+    tokens, _ = events_by_row(served, served.encode(["x"]), [6], greedy)[0]
+    assert tokens and all(t < pieces for t in tokens)

@@ -20,6 +20,7 @@ from t5kit.generate import generate, stream
 from t5kit.hub import resolve
 from t5kit.kernels.inference.precision import check_precision, inference_model
 from t5kit.model import T5Model
+from t5kit.pipeline import undecodable_ids
 from t5kit.tokenizer import load_tokenizer
 
 
@@ -81,6 +82,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
+        self.undecodable = undecodable_ids(model.config.vocab_size, tokenizer)
         self.tasks = task_prefixes(model.config)  # the registry's, plus the checkpoint's task_specific_params
         self._lock = threading.Lock()
 
@@ -161,6 +163,8 @@ class Engine:
         input_ids, mask = self._pad(rows)
         limits = list(max_new_tokens)
         options = settings.generate_options()
+        if self.undecodable:
+            options["suppress_tokens"] = tuple(options.get("suppress_tokens", ())) + self.undecodable
         generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
         eos = self.model.config.eos_token_id
         with self._lock:
