@@ -95,7 +95,8 @@ class Generator:
     ``precision`` ("fp32", "bf16", "int8"; ``None``: the model as it is) decodes with
     :func:`~t5kit.kernels.inference.precision.inference_model`'s copy of ``model``: converted once, kept,
     and refreshed after the original's weights change (so a trainer's evaluations see its latest step).
-    ``model`` itself is never modified.
+    ``model``'s weights are never changed; it gets the inference kernels (``t5kit.kernels.install(model,
+    "inference")``, a class swap of its attention modules that falls back to the plain path in training).
     """
 
     @classmethod
@@ -107,11 +108,13 @@ class Generator:
         (``t5kit.kernels.install(model, "inference")``; a converted precision gets them too).
         """
         directory = resolve(path_or_repo_id, what="checkpoint", revision=revision, error=CheckpointError)
-        model = install_kernels(T5Model.from_pretrained(str(directory), **load_options), "inference")
+        model = T5Model.from_pretrained(str(directory), **load_options)
         return cls(model, load_tokenizer(directory), precision=precision)
 
     def __init__(self, model: Any, tokenizer: Any, precision: str | None = None):
-        self.model = model
+        # The inference kernels (t5kit.kernels: the small-batch decoding-step attention on CPU): a class swap
+        # that changes no parameter; the model's float32 eval outputs stay as they were.
+        self.model = install_kernels(model, "inference")
         self.tokenizer = tokenizer
         self.precision = check_precision(precision) if precision is not None else None
         self._unreachable = undecodable_ids(model.config.vocab_size, tokenizer)

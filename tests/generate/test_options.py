@@ -72,7 +72,7 @@ def test_a_flag_gives_its_option(name):
     parser = argparse.ArgumentParser()
     add_generation_arguments(parser)
     text, value = GOOD[name]
-    flag = "--" + name.replace("_", "-")
+    flag = "--early-stopping-mode" if name == "early_stopping" else "--" + name.replace("_", "-")
     args = parser.parse_args([flag] if text is None else [flag, text])
     options = options_from_args(args)
     assert options == {name: value}
@@ -91,6 +91,17 @@ def test_a_bad_flag_value_gives_the_config_message(name):
         GenerationConfig(**{name: getattr(args, name)})
     assert str(from_flag.value) == str(from_config.value)
     assert str(from_flag.value).startswith(f"{name} must be") and words in str(from_flag.value)
+
+
+def test_the_bare_early_stopping_flag_takes_no_value():
+    """``--early-stopping`` is an on/off flag as before #16: the text after it stays an input."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("texts", nargs="*")
+    add_generation_arguments(parser)
+    args = parser.parse_args(["--num-beams", "2", "--early-stopping", "translate English to French: hello"])
+    assert args.texts == ["translate English to French: hello"]
+    assert options_from_args(args) == {"num_beams": 2, "early_stopping": True}
+    assert options_from_args(parser.parse_args(["--early-stopping-mode", "false"])) == {"early_stopping": False}
 
 
 def test_flag_spellings_of_today_keep_working():

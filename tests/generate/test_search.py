@@ -256,10 +256,8 @@ def test_bad_inputs_give_clear_errors(model):
         generate(model, torch.tensor([[5, model.config.vocab_size]]))
     with pytest.raises(GenerationError, match="stream"):
         next(stream(model, ids, num_beams=2))
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, int8, got 'fp8'"):
         generate(model, ids, precision="fp8")
-    with pytest.raises(GenerationError, match="take no precision.*Generator"):  # the pipeline applies it
-        generate(model, ids, precision="bf16")
     assert isinstance(GenerationError("x"), ValueError)
     assert GenerationConfig().max_new_tokens >= 128  # never a silent 20
 
@@ -307,3 +305,20 @@ def test_beam_cache_shares_cross_rows_and_reorders_like_per_row_caches(model):
                                    atol=1e-5, rtol=1e-5)
         with pytest.raises(ValueError, match="reorder_beams"):
             shared.select(torch.tensor([0]))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precision_decodes_with_the_converted_copy(model, precision):
+    """``generate(..., precision=)`` (the pre-#16 API) decodes with the same converted copy the pipeline uses:
+    its scores are the copy's own, and they are not the float32 model's."""
+    from t5kit.kernels.inference.precision import inference_model
+
+    ids, mask, _ = padded_batch(model.config.vocab_size, batch=3)
+    options = dict(max_new_tokens=6, suppress_tokens=[1], return_scores=True)
+    ours = generate(model, ids, mask, precision=precision, **options)
+    copy = generate(inference_model(model, precision), ids, mask, **options)
+    plain = generate(model, ids, mask, **options)
+    assert torch.equal(ours.sequences, copy.sequences) and torch.equal(ours.scores, copy.scores)
+    assert not torch.equal(ours.scores, plain.scores)
+    assert [e.token_id for e in stream(model, ids[:1], precision=precision, max_new_tokens=3, suppress_tokens=[1])
+            if e.token_id is not None] == copy.sequences[0, 1:4].tolist()

@@ -239,8 +239,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser, exclude: Collectio
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
-        elif kind is object:  # early_stopping: the flag alone is True, or a value
-            kw.update(nargs="?", const=True, type=_early_stopping, metavar="{true,false,never}")
+        elif kind is object:  # early_stopping: True, False or "never"
+            # The flag alone means True, as before #16, and takes no value: an optional value would swallow
+            # the text after it (`--early-stopping "translate ..."`). The other values have their own flag.
+            group.add_argument(f"{_flag(f)}-mode", dest=f.name, default=None, type=_early_stopping,
+                               metavar="{true,false,never}", help=f"{f.metadata['help']} (set as a value)")
+            kw.update(action="store_const", const=True, help="stop beam search early (early_stopping=True)")
         elif kind is tuple:
             kw.update(type=_token_ids, metavar="ID,ID...")
         elif "choices" in f.metadata:

@@ -25,7 +25,7 @@ then searched like any other model.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -129,12 +129,28 @@ def _prepare_inputs(model: Any, input_ids: Any, attention_mask: Any) -> tuple[Te
     return input_ids, attention_mask
 
 
+# ``precision=`` converts the model (bf16 weights, int8 linears): an inference kernel, which sits above the model
+# and so above this module. It registers its converter here when imported (``import t5kit`` imports it), so
+# ``generate(model, ..., precision="int8")`` works as it did before #16 without this module importing upwards.
+_precision_converter: Callable[[Any, str], Any] | None = None
+
+
+def register_precision_converter(convert: Callable[[Any, str], Any]) -> None:
+    """Set the function ``generate``/``stream`` use for ``precision=`` (t5kit.kernels.inference.precision)."""
+    global _precision_converter
+    _precision_converter = convert
+
+
+def _in_precision(model: Any, precision: str | None) -> Any:
+    if precision is None:
+        return model
+    if _precision_converter is None:
+        raise GenerationError("precision= needs t5kit's inference kernels: import t5kit (or "
+                              "t5kit.kernels.inference.precision) first")
+    return _precision_converter(model, precision)
+
+
 def _config(model: Any, config: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:
-    if "precision" in options:
-        raise GenerationError(
-            "generate() and stream() search the model they are given and take no precision: prepare it with "
-            "t5kit.Generator(model, tokenizer, precision=...) or "
-            "t5kit.kernels.inference.precision.inference_model(model, precision)")
     cfg = GenerationConfig.from_options(config, **options).resolved(model.config)
     bad = [t for t in cfg.suppress_tokens if not 0 <= t < model.config.vocab_size]
     if bad:
@@ -151,6 +167,7 @@ def generate(
     attention_mask: Any = None,
     *,
     config: GenerationConfig | None = None,
+    precision: str | None = None,
     return_scores: bool = False,
     generator: torch.Generator | None = None,
     warn_on_length_limit: bool = True,
@@ -158,10 +175,13 @@ def generate(
 ) -> GenerationOutput:
     """Generate from a batch of (padded) sources; options are :class:`GenerationConfig` fields.
 
+    ``precision`` ("fp32", "bf16", "int8") decodes with a converted copy of the model, made once and kept
+    (``t5kit.kernels.inference.precision.inference_model``); ``None`` uses the model as it is.
     ``generator`` makes sampling reproducible.
     A ``LengthLimitWarning`` is raised when some row stopped at ``max_new_tokens`` rather than at EOS
     (unless EOS is suppressed, when that is the point).
     """
+    model = _in_precision(model, precision)
     cfg = _config(model, config, options)
     input_ids, attention_mask = _prepare_inputs(model, input_ids, attention_mask)
     with torch.inference_mode():
@@ -184,6 +204,7 @@ def stream(
     attention_mask: Any = None,
     *,
     config: GenerationConfig | None = None,
+    precision: str | None = None,
     generator: torch.Generator | None = None,
     **options: Any,
 ) -> Iterator[StreamEvent]:
@@ -193,6 +214,7 @@ def stream(
     Greedy or sampled decoding only (beam search cannot commit to a token before it ends). Rows are
     input rows (times ``num_return_sequences`` when sampling several).
     """
+    model = _in_precision(model, precision)
     cfg = _config(model, config, options)
     if cfg.num_beams > 1:
         raise GenerationError("stream() supports greedy and sampled decoding only (num_beams=1); beam search "

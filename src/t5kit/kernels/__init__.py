@@ -7,7 +7,8 @@ swaps a module's class in place (``module.__class__``), so parameters, their nam
 references and the checkpoint layout are untouched, and :func:`uninstall` swaps it back.
 
 Who installs them: the trainer (``t5kit.train``) installs the training and inference kernels, the text
-pipeline (``t5kit.pipeline.Generator``) the inference ones. ``T5Model.train()`` does not: ``train()`` /
+pipeline (``t5kit.Generator``) and the server's engine the inference ones; a model used directly
+(``T5Model.generate``, a user's loop) stays plain until ``install`` is called on it. ``T5Model.train()`` does not: ``train()`` /
 ``eval()`` flip modes many times a run, a swap is a structural change made once, and a user's own training
 loop over ``T5Model`` gets exactly the plain model unless it calls ``t5kit.kernels.install(model)``.
 

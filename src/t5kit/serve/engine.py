@@ -18,6 +18,7 @@ from t5kit.data.prefixes import task_prefixes
 from t5kit.errors import T5kitError, closest_names
 from t5kit.generate import generate, stream
 from t5kit.hub import resolve
+from t5kit.kernels import install as install_kernels
 from t5kit.kernels.inference.precision import check_precision, inference_model
 from t5kit.model import T5Model
 from t5kit.pipeline import undecodable_ids
@@ -76,7 +77,7 @@ class Engine:
     ):
         if precision is not None:
             check_precision(precision)
-        model = model.eval()
+        model = install_kernels(model.eval(), "inference")  # as the Generator prepares it (t5kit.kernels)
         self.model = inference_model(model, precision) if precision is not None else model
         self.precision = precision
         self.tokenizer = tokenizer

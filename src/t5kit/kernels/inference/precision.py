@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from t5kit.errors import T5kitError
+from t5kit.generate.search import register_precision_converter
 from t5kit.kernels import install as install_kernels
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -97,3 +98,6 @@ def quantize_int8(model: Any) -> Any:
         quantized = torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8, inplace=True)
     quantized._t5kit_quantized = True
     return quantized
+
+
+register_precision_converter(inference_model)  # generate(..., precision=) without decoding importing upwards
