@@ -17,14 +17,21 @@ def test_top_level_names():
 
 
 def test_names_that_moved_keep_their_old_import_paths():
+    from t5kit.cache import DecoderCache
+    from t5kit.checkpoint import hf_state_dict, load_model, save_model  # noqa: F401
     from t5kit.generate import GenerationConfig, Generator, generate, stream  # noqa: F401
     from t5kit.kernels.inference import precision
+    from t5kit.model import DecoderCache as ModelCache
+    from t5kit.model import loading
     from t5kit.quantize import PRECISIONS, inference_model
+    from t5kit.serve.batcher import Batcher as NewBatcher
+    from t5kit.serve.batching import Batcher
     from t5kit.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer  # noqa: F401
     from t5kit.train import TrainConfig, train  # noqa: F401
     from t5kit.train.loop import enable_activation_checkpointing, set_dropout  # noqa: F401
 
     assert Generator is t5kit.Generator
+    assert DecoderCache is ModelCache and Batcher is NewBatcher and load_model is loading.load_model
     assert inference_model is precision.inference_model and PRECISIONS == ("fp32", "bf16", "int8")
 
 

@@ -20,7 +20,7 @@ import torch
 
 from t5kit.data.prefixes import PREFIXES, model_tasks
 from t5kit.errors import CheckpointError, closest_names
-from t5kit.generate import GenerationConfig, GenerationError, generate, stream
+from t5kit.generate import GenerationConfig, GenerationError, generate, option_fields, stream
 from t5kit.hub import resolve
 from t5kit.kernels import install as install_kernels
 from t5kit.kernels.inference.precision import check_precision, inference_model
@@ -81,8 +81,8 @@ class GenerationResult:
 
 
 # transformers' task_specific_params count the decoder start in max_length/min_length; t5kit counts new tokens.
-_TASK_KEYS = {"num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "do_sample", "temperature",
-              "top_k", "top_p", "repetition_penalty", "num_return_sequences", "max_new_tokens", "min_new_tokens"}
+# The decoding defaults a checkpoint's task_specific_params may set: the options (not the model's token ids).
+_TASK_KEYS = {f.name for f in option_fields() if f.metadata.get("request", True)} - {"suppress_tokens"}
 
 
 class Generator:

@@ -6,6 +6,8 @@ checkpoint is ``T5Model.from_pretrained`` (or ``t5kit.model.load_model``); savin
 ``T5Model.save_pretrained`` (``t5kit.model.save_model``).
 """
 
+import importlib
+
 from t5kit.checkpoint.inspect import COMPANION_FILES, checkpoint_info, convert_checkpoint, model_family
 from t5kit.checkpoint.io import (
     PICKLE_INDEX_NAME,
@@ -33,3 +35,14 @@ __all__ = [
     "read_checkpoint", "read_state_dict", "resolve_checkpoint_dir", "t5kit_to_hf_name", "to_hf_state_dict",
     "write_checkpoint",
 ]
+
+# Names that lived here before #16 and need the model: they moved up to t5kit.model.loading (this package never
+# imports the model). Resolved on first use so that pre-#16 code keeps working; new code imports t5kit.model.
+_MOVED = {"load_model": "t5kit.model.loading", "save_model": "t5kit.model.loading",
+          "hf_state_dict": "t5kit.model.loading"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 't5kit.checkpoint' has no attribute {name!r}")

@@ -16,11 +16,15 @@ from typing import Any
 
 
 def _byte_ids(text: str) -> list[int]:
-    return [b + 3 for b in text.encode("utf-8")] + [1]
+    from t5kit.tokenizer import ByteTokenizer
+
+    return ByteTokenizer().encode(text, add_eos=True)
 
 
 def _byte_text(ids: list[int]) -> str:
-    return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
+    from t5kit.tokenizer import ByteTokenizer
+
+    return ByteTokenizer().decode(list(ids), skip_special_tokens=True)
 
 
 def _example(rng: random.Random) -> tuple[str, str]:
@@ -37,10 +41,12 @@ def _batch(pairs: list[tuple[str, str]]):
         width = max(len(s) for s in seqs)
         return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
 
+    from t5kit.ids import LABEL_PAD_ID, PAD_ID
+
     inputs = [_byte_ids(a) for a, _ in pairs]
     targets = [_byte_ids(b) for _, b in pairs]
-    ids = pad(inputs, 0)
-    return ids, (ids != 0).long(), pad(targets, -100)
+    ids = pad(inputs, PAD_ID)
+    return ids, (ids != PAD_ID).long(), pad(targets, LABEL_PAD_ID)
 
 
 def toy_demo(seconds: float = 25.0, seed: int = 0, precision: str = "fp32",
@@ -60,7 +66,9 @@ def toy_demo(seconds: float = 25.0, seed: int = 0, precision: str = "fp32",
     config = T5Config(vocab_size=259, d_model=128, d_ff=256, d_kv=32, num_heads=4, num_layers=2,
                       num_decoder_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                       dropout_rate=0.0)
-    model = T5Model(config)
+    from t5kit.kernels import install
+
+    model = install(T5Model(config))  # as the trainer prepares a model: the CPU training kernels
     print(f"No built-in model is installed: training a tiny T5 ({model.num_parameters() / 1e6:.2f}M parameters, "
           f"byte vocabulary) from scratch for {seconds:.0f} s on 'reverse: WORD' and 'upper: WORD'.")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)

@@ -72,15 +72,16 @@ def make_app(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
+        import fastapi  # noqa: F401  # optional: serve
+        import prometheus_client  # noqa: F401  # optional: serve
         import uvicorn  # optional: serve
-
-        app = make_app(args)
-    except ImportError as err:  # optional: serve (fastapi, uvicorn, prometheus_client)
+    except ImportError as err:  # only the serve extra's own packages: a loading error is reported as itself
         print(
             f"t5kit serve: error: {err.name} is missing; install the serve extra: pip install 't5kit[serve]'",
             file=sys.stderr,
         )
         return 1
+    app = make_app(args)
     engine, batcher, limits = app.state.engine, app.state.batcher, app.state.limits
     max_batch = batcher.max_batch_size
     batching = "off" if max_batch == 1 else f"up to {max_batch} rows, {args.batch_wait_ms:g} ms window"

@@ -8,9 +8,10 @@ references and the checkpoint layout are untouched, and :func:`uninstall` swaps 
 
 Who installs them: the trainer (``t5kit.train``) installs the training and inference kernels, the text
 pipeline (``t5kit.Generator``) and the server's engine the inference ones; a model used directly
-(``T5Model.generate``, a user's loop) stays plain until ``install`` is called on it. ``T5Model.train()`` does not: ``train()`` /
-``eval()`` flip modes many times a run, a swap is a structural change made once, and a user's own training
-loop over ``T5Model`` gets exactly the plain model unless it calls ``t5kit.kernels.install(model)``.
+(``T5Model.generate``, a user's loop) stays plain until ``install`` is called on it. ``T5Model.train()``
+does not install them: ``train()`` / ``eval()`` flip modes many times a run, while a swap is a structural
+change made once, and a user's own training loop over ``T5Model`` gets exactly the plain model unless it
+calls ``t5kit.kernels.install(model)``.
 
 Devices: every kernel was measured on CPU only (float32 and bfloat16 autocast). On CUDA and other devices
 the plain path runs (SDPA, autocast), so :func:`install` leaves a model there untouched.
