@@ -228,8 +228,10 @@ def test_tied_training_gradient_is_dense_and_equals_the_dense_lookup():
     torch.testing.assert_close(grad(True, lambda out: out.loss, 2), 2 * grad(False, lambda out: out.loss),
                                atol=1e-6, rtol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the head's own casts reproduce autocast's linear
-        torch.testing.assert_close(grad(True, lambda out: out.loss), grad(False, lambda out: out.loss),
-                                   atol=1e-4, rtol=2e-2)
+        fused, plain = grad(True, lambda out: out.loss), grad(False, lambda out: out.loss)
+    # bf16 products summed in another order: within 2 bf16 ulps of the largest gradient, 1% in norm
+    assert float((fused - plain).norm() / plain.norm()) < 1e-2
+    torch.testing.assert_close(fused, plain, atol=float(plain.abs().max()) * 2**-6, rtol=0)
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -335,7 +337,10 @@ def test_cross_entropy_matches_torch(dtype):
     assert ours.dtype == torch.float32 and grad.dtype == dtype
     assert abs(float(ours) - float(reference)) <= 1e-6 * float(reference)
     assert grad[[3, 17, 36]].abs().max() == 0
-    torch.testing.assert_close(grad, ref_grad, atol=1e-7 if dtype == torch.float32 else 5e-4, rtol=1e-5)
+    # float32: a few float32 ulps of the largest gradient; bf16 logits: the gradient is written in bf16, one
+    # rounding, so within one bf16 ulp of the largest value (2^-7 relative)
+    ulp = 2**-21 if dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(grad, ref_grad, atol=float(ref_grad.abs().max()) * ulp, rtol=1e-5)
     assert torch.isnan(cross_entropy(torch.randn(4, 10), torch.full((4,), -100)))
 
 
