@@ -196,8 +196,9 @@ def test_residual_dropout_add_matches_add_of_dropout(dtype):
 
 def test_tied_training_gradient_is_dense_and_equals_the_dense_lookup():
     """Training a tied model adds the lookup's gradient rows into the head's weight gradient in place
-    (t5kit.kernels.training.head.TiedGradient); the result equals (1e-6) the plain lookup + linear head's, also when the loss
-    never reaches the head, when the decoder's lookup is separate, and across gradient accumulation."""
+    (t5kit.kernels.training.head.TiedGradient); the result equals (1e-6) the plain lookup + linear head's,
+    also when the loss never reaches the head, when the decoder's lookup is separate, and across gradient
+    accumulation."""
     config = _relu_tied_tiny(0.0)
     torch.manual_seed(0)
     model = install(T5Model(config))
@@ -237,9 +238,9 @@ def test_tied_training_gradient_is_dense_and_equals_the_dense_lookup():
 @pytest.mark.parametrize("tied", [True, False])
 def test_recycled_buffers_reuse_memory_and_never_overwrite_what_a_caller_kept(tied):
     """Training steps reuse the previous step's memory for the logits, their gradient and the head's weight
-    gradient (t5kit.kernels.training.head.RecycledBuffers): weight gradients still equal the eval-mode path's (1e-6) step after step,
-    gradient accumulation without zeroing still adds up, and logits or a gradient a caller still holds are
-    left as they were."""
+    gradient (t5kit.kernels.training.head.RecycledBuffers): weight gradients still equal the eval-mode
+    path's (1e-6) step after step, gradient accumulation without zeroing still adds up, and logits or a
+    gradient a caller still holds are left as they were."""
     import copy
 
     config = _relu_tied_tiny(0.0)
