@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from t5kit.data.prefixes import PREFIXES, model_tasks
-from t5kit.errors import CheckpointError, closest_names
-from t5kit.generate import GenerationConfig, GenerationError, generate, option_fields, stream
+from t5kit.data.prefixes import model_tasks, task_options
+from t5kit.errors import CheckpointError
+from t5kit.generate import GenerationConfig, GenerationError, generate, stream
 from t5kit.hub import resolve
 from t5kit.kernels import install as install_kernels
 from t5kit.kernels.inference.precision import check_precision, inference_model
@@ -81,9 +81,6 @@ class GenerationResult:
 
 
 # transformers' task_specific_params count the decoder start in max_length/min_length; t5kit counts new tokens.
-# The decoding defaults a checkpoint's task_specific_params may set: the options (not the model's token ids).
-_TASK_KEYS = {f.name for f in option_fields() if f.metadata.get("request", True)} - {"suppress_tokens"}
-
 
 class Generator:
     """Text in, text out: tokenizes, batches (sorted by length, order preserved), decodes, detokenizes.
@@ -131,29 +128,8 @@ class Generator:
         return model_tasks(self.model.config)
 
     def task_options(self, task: str | None) -> tuple[str, dict[str, Any]]:
-        """(prefix, decoding options) of a named task, in t5kit's terms (new-token counts).
-
-        A task of the model's config comes first (its prefix and decoding defaults), then a preset of the
-        prefix registry (:data:`t5kit.data.prefixes.PREFIXES`: the prefix only).
-        """
-        if task is None:
-            return "", {}
-        tasks = self.tasks
-        if task not in tasks:
-            if task in PREFIXES:
-                return PREFIXES[task], {}
-            known = ", ".join(sorted(tasks)) or "none (the config has no task_specific_params)"
-            raise GenerationError(f"unknown task {task!r}; this model's tasks: {known}; t5kit's task presets: "
-                                  f"{', '.join(sorted(PREFIXES))}.{closest_names(task, [*tasks, *PREFIXES])}")
-        params = dict(tasks[task])
-        prefix = str(params.pop("prefix", "") or "")
-        options: dict[str, Any] = {}
-        if "max_length" in params:
-            options["max_new_tokens"] = max(1, int(params.pop("max_length")) - 1)
-        if "min_length" in params:
-            options["min_new_tokens"] = max(0, int(params.pop("min_length")) - 1)
-        options.update({k: v for k, v in params.items() if k in _TASK_KEYS})
-        return prefix, options
+        """(prefix, decoding options) of a named task: :func:`t5kit.data.prefixes.task_options`."""
+        return task_options(self.model.config, task)
 
     def _options(self, task: str | None, decoding: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         prefix, options = self.task_options(task)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from t5kit.errors import closest_names
+from t5kit.generate.options import GenerationError, option_fields
+
 LANGUAGES = {
     "en": "English", "fr": "French", "de": "German", "ro": "Romanian", "es": "Spanish", "it": "Italian",
     "pt": "Portuguese", "nl": "Dutch", "ru": "Russian", "zh": "Chinese", "ja": "Japanese",
@@ -45,9 +48,40 @@ def model_tasks(config: Any) -> dict[str, dict[str, Any]]:
 
 
 def task_prefixes(config: Any = None) -> dict[str, str]:
-    """:data:`PREFIXES`, plus the prefixes a model's config names (the registry's own win on a clash)."""
-    prefixes = dict(PREFIXES)
-    for name, params in model_tasks(config).items():
-        if isinstance(params.get("prefix"), str):
-            prefixes.setdefault(name, params["prefix"])
+    """Every task name and its prefix: a model config's ``task_specific_params`` first (as :func:`task_options`
+    looks them up), then the :data:`PREFIXES` presets it does not name."""
+    prefixes = {name: str(params.get("prefix") or "") for name, params in model_tasks(config).items()}
+    for name, prefix in PREFIXES.items():
+        prefixes.setdefault(name, prefix)
     return prefixes
+
+
+# The decoding defaults a checkpoint's task_specific_params may set: the options (not the model's token ids).
+_TASK_KEYS = {f.name for f in option_fields() if f.metadata.get("request", True)} - {"suppress_tokens"}
+
+
+def task_options(config: Any, task: str | None) -> tuple[str, dict[str, Any]]:
+    """(prefix, decoding options) of a named task, in t5kit's terms (new-token counts): the one lookup, for
+    the text pipeline and the server.
+
+    A task of the model's config comes first (its prefix and decoding defaults), then a preset of
+    :data:`PREFIXES` (the prefix only); an unknown name raises :class:`GenerationError` naming both lists.
+    """
+    if task is None:
+        return "", {}
+    tasks = model_tasks(config)
+    if task not in tasks:
+        if task in PREFIXES:
+            return PREFIXES[task], {}
+        known = ", ".join(sorted(tasks)) or "none (the config has no task_specific_params)"
+        raise GenerationError(f"unknown task {task!r}; this model's tasks: {known}; t5kit's task presets: "
+                              f"{', '.join(sorted(PREFIXES))}.{closest_names(task, [*tasks, *PREFIXES])}")
+    params = dict(tasks[task])
+    prefix = str(params.pop("prefix", "") or "")
+    options: dict[str, Any] = {}
+    if "max_length" in params:  # transformers counts the decoder start token; t5kit counts new tokens
+        options["max_new_tokens"] = max(1, int(params.pop("max_length")) - 1)
+    if "min_length" in params:
+        options["min_new_tokens"] = max(0, int(params.pop("min_length")) - 1)
+    options.update({k: v for k, v in params.items() if k in _TASK_KEYS})
+    return prefix, options

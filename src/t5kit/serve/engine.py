@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from t5kit.data.prefixes import task_prefixes
-from t5kit.errors import T5kitError, closest_names
+from t5kit.data.prefixes import task_options, task_prefixes
 from t5kit.generate import generate, stream
 from t5kit.hub import resolve
 from t5kit.kernels import install as install_kernels
@@ -100,13 +99,8 @@ class Engine:
 
     # --------------------------------------------------------------------------------- text
     def prefix(self, task: str | None) -> str:
-        if task is None:
-            return ""
-        if task not in self.tasks:
-            raise T5kitError(
-                f"unknown task {task!r}; known tasks: {sorted(self.tasks)}.{closest_names(task, self.tasks)}"
-            )
-        return self.tasks[task]
+        """The prefix of a named task, by the pipeline's lookup (:func:`t5kit.data.prefixes.task_options`)."""
+        return task_options(self.model.config, task)[0]
 
     def encode(self, texts: Sequence[str], task: str | None = None) -> list[list[int]]:
         """Token ids of each input (task prefix prepended, EOS appended)."""
