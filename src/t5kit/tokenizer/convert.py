@@ -16,22 +16,27 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-
-from sentencepiece import sentencepiece_model_pb2 as pb
+from types import ModuleType
 
 from t5kit.errors import TokenizerError
 from t5kit.ids import EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN, UNK_ID, UNK_TOKEN, sentinel_token
 from t5kit.tokenizer.base import SENTINEL_RE
 from t5kit.tokenizer.files import read_json
 
-_Piece = pb.ModelProto.SentencePiece
+
+def _schema() -> ModuleType:
+    """SentencePiece's model proto module, imported on first use: protobuf's import is 66 ms of every
+    start-up (importtime), and only conversion needs it."""
+    from sentencepiece import sentencepiece_model_pb2  # lazy: 66 ms of every start-up (importtime)
+
+    return sentencepiece_model_pb2
 _BYTE_RE = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 def with_dummy_prefix(model_proto: bytes, add_dummy_prefix: bool) -> bytes:
     """A copy of a ModelProto whose normaliser (and denormaliser, when it has one) has ``add_dummy_prefix``
     set as asked: the processor for text glued to a preceding special token uses ``False``."""
-    proto = pb.ModelProto.FromString(model_proto)
+    proto = _schema().ModelProto.FromString(model_proto)
     proto.normalizer_spec.add_dummy_prefix = add_dummy_prefix
     if proto.HasField("denormalizer_spec"):
         proto.denormalizer_spec.add_dummy_prefix = add_dummy_prefix
@@ -50,6 +55,7 @@ def build_model_proto(
     ``pieces``: (piece, score, ``ModelProto.SentencePiece.Type``) in id order; ``charsmap``: the
     precompiled ``nmt_nfkc`` normaliser (empty: identity normalisation).
     """
+    pb = _schema()
     proto = pb.ModelProto()
     for piece, score, kind in pieces:
         proto.pieces.add(piece=piece, score=score, type=kind)
@@ -103,6 +109,7 @@ def proto_from_tokenizer_json(path: Path) -> tuple[bytes, int]:
     if [p[0] for p in base[:3]] != [PAD_TOKEN, EOS_TOKEN, UNK_TOKEN] or unk_id != UNK_ID:
         raise TokenizerError(f"{path}: the first pieces are not <pad>, </s>, <unk> (T5's ids 0, 1, 2)")
     pieces = []
+    _Piece = _schema().ModelProto.SentencePiece
     for i, (piece, score) in enumerate(base):
         if i in (PAD_ID, EOS_ID):
             kind = _Piece.CONTROL
