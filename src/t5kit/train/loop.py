@@ -91,16 +91,20 @@ def train(
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a run's ``train.precision`` (None: no autocast), for its steps and its validation."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 def _validation_options(e: EvalConfig, precision: str, device: torch.device) -> dict[str, Any]:
     """The options of :func:`t5kit.evaluate.validate` a run's ``eval`` and ``train.precision`` give."""
-    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-    return dict(batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, autocast_dtype=autocast_dtype, device=device)
+    return dict(batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, autocast_dtype=_autocast_dtype(precision),
+                device=device)
 
 
 def _autocast(precision: str, device: torch.device) -> Any:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = _autocast_dtype(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _is_better(value: float, best: float | None, metric: str) -> bool:
