@@ -267,6 +267,15 @@ def _save(key: str, entry: dict[str, Any]) -> None:
                           f"memory only (set {CACHE_ENV} to a writable directory)", BackendWarning, stacklevel=3)
 
 
+def forget_machine() -> None:
+    """Drop this machine's cached choices from the disk cache (other machines' stay), so they are timed again."""
+    reset()
+    with _LOCK:
+        machines = _read_cache()
+        if machines.pop(_machine_key(), None) is not None:
+            write_json(cache_path(), {"version": 1, "machines": machines})
+
+
 def reset() -> None:
     """Forget every in-memory choice and plan (the disk cache stays): for tests and after changing the env."""
     global _CHOICES
