@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the GEMM kernels this CPU runs it with",
         description="Show what a checkpoint holds without loading its weights.",
         epilog="examples:\n  t5kit info runs/my-model/final\n  t5kit info --backend            # the built-in model\n"
-               "  t5kit info --backend --precision int8 runs/my-model/final", formatter_class=argparse.RawDescriptionHelpFormatter)
+               "  t5kit info --backend --precision int8 runs/my-model/final",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="checkpoint directory or Hugging Face repo id (with --backend: "
                    "default the built-in model)")
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
