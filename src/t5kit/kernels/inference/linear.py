@@ -11,8 +11,9 @@ head at 1 row 1.4 ms with MKL, 1.5 ms with oneDNN; at 4 rows 2.8 ms against 1.5 
   its weight format and the call's row bucket (:data:`BUCKETS`); with autograd recording it is the plain
   ``nn.Linear``.
 - The choice is made by timing the candidates (:data:`CANDIDATES`) once, on the layer's own weight, the first
-  time a shape and bucket is met, and kept in a small per-machine cache keyed by the CPU model, the torch
-  version and the thread count (``$T5KIT_CACHE_DIR/linear-backends.json``, default ``~/.cache/t5kit``).
+  time a shape and bucket is met, and kept in a small per-machine cache keyed by the CPU model and the torch
+  version (``$T5KIT_CACHE_DIR/linear-backends.json``, default ``~/.cache/t5kit``), timed at the thread count
+  of that first use.
   A candidate is used only if its output on the timing input lies within the rounding-error bound of its
   weight format against a float64 reference (:func:`error_bound`); one that does not is reported and skipped.
   A non-default kernel must beat the format's default (MKL for fp32) by :data:`MARGIN`, because each extra
@@ -304,8 +305,10 @@ def _time_all(runs: dict[str, tuple[Callable, Any]], x: Tensor, rounds: int = 5)
     return {name: round(t * 1e6, 2) for name, t in best.items()}
 
 
-def _choice_key(storages: tuple[str, ...], shape: tuple[int, int], rows: int, threads: int) -> str:
-    return f"{'+'.join(storages)} {shape[0]}x{shape[1]} rows {rows} threads {threads}"
+def _choice_key(storages: tuple[str, ...], shape: tuple[int, int], rows: int) -> str:
+    # Not per thread count: a decoding call runs on fewer threads while a neighbour is busy (t5kit.threads),
+    # and timing the kernels again at that moment would measure the contention, not the kernels.
+    return f"{'+'.join(storages)} {shape[0]}x{shape[1]} rows {rows}"
 
 
 def choose(module: BackendLinear, rows: int) -> str:
@@ -315,7 +318,7 @@ def choose(module: BackendLinear, rows: int) -> str:
     forced = forced_kernel()
     if forced is not None:
         return forced if forced in {c.name for c in options} else options[0].name
-    key = _choice_key(storages, (module.out_features, module.in_features), rows, torch.get_num_threads())
+    key = _choice_key(storages, (module.out_features, module.in_features), rows)
     entry = _choices().get(key)
     if entry is not None and entry.get("kernel") in {c.name for c in options}:
         return entry["kernel"]
@@ -391,13 +394,13 @@ class BackendLinear(nn.Linear):
         self.__dict__.setdefault("_t5kit_packs", {})[name] = (self._version(), packed)
         _STATEFUL.add(self)
 
-    def _plan(self, key: tuple[int, int]) -> _Plan:
+    def _plan(self, key: int) -> _Plan:
         version = self._version()
         plans = {k: p for k, p in self.__dict__.get("_t5kit_plans", {}).items() if p.version == version}
         if not self.storages():
             plan = _Plan("plain", None, None, version)
         else:
-            kernel = choose(self, bucket(key[0] // max(self.in_features, 1)))
+            kernel = choose(self, bucket(key // max(self.in_features, 1)))
             packs = self.__dict__.get("_t5kit_packs", {})
             held = packs.get(kernel)
             if held is None or held[0] != version:
@@ -419,7 +422,7 @@ class BackendLinear(nn.Linear):
         if torch.is_grad_enabled() and weight.requires_grad:
             return F.linear(x, weight, self.bias)  # autograd: the plain layer
         plans = self.__dict__.get("_t5kit_plans")
-        key = (x.numel(), torch.get_num_threads())
+        key = x.numel()
         plan = plans.get(key) if plans is not None else None
         if plan is None or plan.version != (weight.data_ptr(), weight._version):
             plan = self._plan(key)
@@ -506,7 +509,7 @@ def report(model: nn.Module, rows: Iterable[int] = BUCKETS) -> list[LinearChoice
     for (storages, out_features, in_features), modules in groups.items():
         for r in rows:
             kernel = choose(modules[0], bucket(r))
-            key = _choice_key(storages, (out_features, in_features), bucket(r), torch.get_num_threads())
+            key = _choice_key(storages, (out_features, in_features), bucket(r))
             timings = dict(_choices().get(key, {}).get("us", {})) if forced_kernel() is None else {}
             choices.append(LinearChoice((out_features, in_features), "+".join(storages), len(modules), bucket(r),
                                         kernel, timings))

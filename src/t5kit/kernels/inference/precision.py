@@ -57,10 +57,11 @@ def bf16_is_native() -> bool:
     return native_bf16() or os.environ.get(BF16_ENV, "").strip().lower() == "emulate"
 
 
-def effective_precision(precision: str, warn: bool = True) -> str:
-    """The precision that will run for ``precision`` on this machine (``bf16`` -> ``fp32`` where emulated)."""
+def effective_precision(precision: str, warn: bool = True, device: str = "cpu") -> str:
+    """The precision that will run for ``precision`` on ``device`` (on CPU, ``bf16`` -> ``fp32`` where
+    emulated; GPUs are left to their own bf16)."""
     check_precision(precision)
-    if precision == "bf16" and not bf16_is_native():
+    if precision == "bf16" and device == "cpu" and not bf16_is_native():
         if warn:
             warnings.warn(f"this CPU ({cpu_model()}) has no native bf16 (AVX512-BF16 or AMX), so PyTorch would "
                           "emulate it, slower than fp32: running in fp32 instead (int8 or fp16w also save memory; "
@@ -91,7 +92,7 @@ def _version(model: nn.Module) -> tuple:
 
 def inference_model(model: Any, precision: str) -> Any:
     """``model`` itself when it already is in ``precision``, else a converted copy (cached on the model)."""
-    precision = effective_precision(precision)
+    precision = effective_precision(precision, device=model.device.type)
     if precision in _DTYPES and model.dtype == _DTYPES[precision] and not getattr(model, "_t5kit_quantized", False):
         return model
     store = model.__dict__.setdefault("_t5kit_inference_copies", {})
@@ -106,7 +107,7 @@ def inference_model(model: Any, precision: str) -> Any:
 
 def convert(model: Any, precision: str) -> Any:
     """A new model in ``precision`` (eval mode); the original is untouched."""
-    precision = effective_precision(precision)
+    precision = effective_precision(precision, device=model.device.type)
     if precision in _STORED and model.device.type != "cpu":
         raise PrecisionError(f"precision {precision} runs on CPU only (its kernels are fbgemm / oneDNN); on "
                              f"{model.device.type} use fp32 or bf16")
