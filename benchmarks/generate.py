@@ -335,7 +335,7 @@ def print_backends(table: dict) -> None:
         family, _, forced = parse_engine(engine)
         if forced:
             others = sorted({c["kernel"] for c in backend.get("choices", [])
-                             if c["kernel"] != forced and c["storage"] == "fp32"})
+                             if c["kernel"] != forced and "fp32" in c["storage"].split("+")})
             if others:
                 print(f"    WARNING: T5KIT_LINEAR_BACKEND={forced} but kernels {', '.join(others)} were chosen too")
 
