@@ -5,6 +5,7 @@ in tests/fixtures/t5-vocab."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,12 @@ from t5kit.tokenizer import t5_vocabulary_path
 
 # Two cores on CI: keep torch from oversubscribing them when pytest runs things in parallel.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The linear backend's per-machine choices (t5kit.kernels.inference.linear): timed afresh in each test session,
+# never written to the user's ~/.cache; subprocesses (the CLI tests) inherit the directory.
+os.environ["T5KIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="t5kit-test-cache-")
+# bf16 copies are tested on every CPU, also where it is emulated (AMD EPYC without AVX512-BF16), where users
+# get fp32 and a warning instead (tests/kernels/test_precision_modes.py checks that fallback).
+os.environ["T5KIT_BF16"] = "emulate"
 
 T5_VOCAB = t5_vocabulary_path()  # spiece.model
 T5_TOKENIZER_JSON = Path(__file__).resolve().parent / "fixtures" / "t5-vocab" / "tokenizer.json"

@@ -32,7 +32,7 @@ def test_names_that_moved_keep_their_old_import_paths():
 
     assert Generator is t5kit.Generator
     assert DecoderCache is ModelCache and Batcher is NewBatcher and load_model is loading.load_model
-    assert inference_model is precision.inference_model and PRECISIONS == ("fp32", "bf16", "int8")
+    assert inference_model is precision.inference_model and PRECISIONS == ("fp32", "bf16", "fp16w", "int8")
 
 
 def test_every_cli_command_still_answers_help():

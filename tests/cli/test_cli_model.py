@@ -58,3 +58,24 @@ def test_errors_are_one_readable_line_with_the_right_exit_code(tmp_path):
     assert out.returncode == 2 and "unrecognized arguments" in out.stderr
     out = t5kit("--debug", "info", str(tmp_path / "missing" / "model"))
     assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+def test_info_backend_prints_each_layers_kernel_and_honours_a_forced_backend(tmp_path):
+    import os
+
+    env = {**os.environ, "T5KIT_CACHE_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "t5kit", "info", "--backend", "--json"], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    choices = json.loads(run.stdout)
+    assert {c["rows"] for c in choices} == {1, 4, 16, 64, 256}
+    assert all(c["kernel"] in c["timings_us"] and "mkl" in c["timings_us"] for c in choices)  # the built-in is fp32
+    assert (tmp_path / "linear-backends.json").is_file()  # timed once, then cached
+    forced = subprocess.run([sys.executable, "-m", "t5kit", "info", "--backend"], capture_output=True, text=True,
+                            timeout=300, env={**env, "T5KIT_LINEAR_BACKEND": "mkl"})
+    assert forced.returncode == 0, forced.stderr
+    lines = forced.stdout.splitlines()
+    assert lines[0].startswith("CPU: ") and "linear backend: forced mkl" in lines[0]
+    assert len(lines) > 1 and all(line.endswith("rows 1-256 mkl") for line in lines[1:])
+    missing = t5kit("info")
+    assert missing.returncode != 0 and "t5kit info needs a checkpoint" in missing.stderr

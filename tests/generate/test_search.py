@@ -17,6 +17,7 @@ from hf_models import build_hf_model, padded_batch
 
 from t5kit import T5Model
 from t5kit.generate import GenerationConfig, GenerationError, LengthLimitWarning, generate, stream
+from t5kit.kernels import install
 
 MAX_NEW = 24
 SCORE_ATOL = 1e-4
@@ -42,7 +43,9 @@ def pair(request, tmp_path_factory):
     hf = boosted_hf_model(request.param)
     directory = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(directory)
-    return request.param, hf, T5Model.from_pretrained(directory).eval()
+    # with the inference kernels, so the chosen linear backends (t5kit.kernels.inference.linear) are what is held
+    # token-identical to transformers
+    return request.param, hf, install(T5Model.from_pretrained(directory).eval(), "inference")
 
 
 def upto_eos(row: torch.Tensor) -> list[int]:
@@ -256,7 +259,7 @@ def test_bad_inputs_give_clear_errors(model):
         generate(model, torch.tensor([[5, model.config.vocab_size]]))
     with pytest.raises(GenerationError, match="stream"):
         next(stream(model, ids, num_beams=2))
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, int8, got 'fp8'"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16w, int8, got 'fp8'"):
         generate(model, ids, precision="fp8")
     assert isinstance(GenerationError("x"), ValueError)
     assert GenerationConfig().max_new_tokens >= 128  # never a silent 20

@@ -124,7 +124,7 @@ def teacher_forced_logits(model, decoding_model, ids, mask):
     return a[valid], b[valid]
 
 
-@pytest.mark.parametrize("precision,threshold", [("bf16", 0.9), ("int8", 0.9)])
+@pytest.mark.parametrize("precision,threshold", [("bf16", 0.9), ("fp16w", 0.9), ("int8", 0.9)])
 def test_low_precision_mostly_agrees_with_fp32(model, precision, threshold):
     """Teacher-forced next-token agreement with fp32 over the fp32 greedy outputs is at least 90%
     (the untied random head gives well-separated logits)."""
@@ -138,6 +138,7 @@ def test_low_precision_mostly_agrees_with_fp32(model, precision, threshold):
 
 BF16_UNIT_ROUNDOFF = 2.0 ** -8  # 8 significant bits: one rounding changes a value by at most this, relatively
 INT8_ROUNDING = 0.01  # one int8 rounding of a Gaussian tensor, relative to its rms (see below)
+FP16_UNIT_ROUNDOFF = 2.0 ** -11  # fp16w rounds the weights only (activations and sums stay fp32)
 
 
 def relative_error_bound(model: T5Model, precision: str) -> float:
@@ -148,14 +149,16 @@ def relative_error_bound(model: T5Model, precision: str) -> float:
     at most 2^-8 each). int8 (dynamic quantization) rounds each Linear's weights to 255 levels over +-max
     and its input to 256 levels over [min, max]; a level step s leaves an error of rms s / sqrt(12), and
     these Gaussian tensors span about 8 rms, so one rounding is about 8 / 255 / 3.46 = 0.9% of the rms;
-    two per block. For this 2 + 2 layer model: 0.070 (bf16) and 0.12 (int8); measured 0.010 and 0.055.
+    two per block (per-channel weight scales only make the weight steps smaller). fp16w rounds each
+    block's weights once, by at most 2^-11. For this 2 + 2 layer model: 0.070 (bf16), 0.0029 (fp16w) and
+    0.12 (int8); measured 0.010, 0.0005 and 0.043.
     """
     blocks = model.config.num_layers + model.config.num_decoder_layers + 2
-    per_block = 3 * BF16_UNIT_ROUNDOFF if precision == "bf16" else 2 * INT8_ROUNDING
+    per_block = {"bf16": 3 * BF16_UNIT_ROUNDOFF, "fp16w": FP16_UNIT_ROUNDOFF}.get(precision, 2 * INT8_ROUNDING)
     return blocks * per_block
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16w", "int8"])
 def test_low_precision_logits_differ_within_the_formats_precision(model, precision):
     """The converted copy really computes in its format: its logits differ from fp32's (a copy that ignored
     the precision would give exactly fp32's), and by no more than the format's rounding explains."""
@@ -170,17 +173,27 @@ def test_precision_copies_are_in_their_format_and_leave_the_model_alone(model):
     from torch import nn
 
     from t5kit.kernels import installed
+    from t5kit.kernels.inference.linear import BackendLinear
 
     linears = [name for name, m in model.named_modules() if type(m) is nn.Linear and name != "lm_head"]
     assert linears
     bf16 = inference_model(model, "bf16")
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
-    int8 = inference_model(model, "int8")
-    quantized = torch.ao.nn.quantized.dynamic.Linear
-    assert all(isinstance(int8.get_submodule(name), quantized) for name in linears)
-    assert type(int8.lm_head) is nn.Linear and int8.lm_head.weight.dtype == torch.float32  # measured faster
-    for copy in (bf16, int8):
-        assert "DecodeStepAttention" in installed(copy)  # the decoding-step kernel comes with the copy
+    for precision, stored in (("fp16w", "fp16"), ("int8", "int8")):
+        copy = inference_model(model, precision)
+        for name in linears:  # the format's copy of the weight, the fp32 weight dropped
+            layer = copy.get_submodule(name)
+            assert type(layer) is BackendLinear and layer.storages() == (stored,) and layer.weight.numel() == 0
+            held = layer.weight_int8.dequantize() if stored == "int8" else layer.weight_fp16.float()
+            original = model.get_submodule(name).weight
+            # rounding moves a weight by half a step: int8's step is max |row| / 127; fp16's is 2^-10 relative
+            # (11 significant bits), and 2^-24 absolute below its smallest normal number (subnormals)
+            step = original.abs().amax(1, keepdim=True) / 127 if stored == "int8" else original.abs() * 2**-10 + 2**-24
+            assert ((held - original).abs() <= step / 2 * (1 + 1e-6)).all()
+        # the head keeps its fp32 weight beside the copy: the backend takes whichever is faster per row count
+        assert copy.lm_head.storages() == (stored, "fp32") and copy.lm_head.weight.dtype == torch.float32
+        assert "DecodeStepAttention" in installed(copy)
+    assert "DecodeStepAttention" in installed(bf16)  # the decoding-step kernel comes with the copy
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert all(type(model.get_submodule(name)) is nn.Linear for name in linears) and not installed(model)
     assert inference_model(model, "fp32") is model
@@ -224,5 +237,5 @@ def test_generator_decodes_with_the_converted_model(model, precision):
     for result, out in zip(results, expected):
         assert result.token_ids == out.sequences[0, 1: 1 + out.num_new_tokens[0]].tolist()
     assert streamed == results[0].text
-    with pytest.raises(PrecisionError, match="fp32, bf16, int8"):
+    with pytest.raises(PrecisionError, match="fp32, bf16, fp16w, int8"):
         Generator(model, tokenizer, precision="fp8")

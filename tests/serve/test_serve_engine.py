@@ -77,16 +77,17 @@ def test_precision_serves_a_converted_copy(engine, precision):
     assert engine.model.dtype == torch.float32  # the original is untouched
     if precision == "bf16":
         assert served.model.dtype == torch.bfloat16
-    if precision == "int8":
+    if precision in ("fp16w", "int8"):  # the linear layers hold that format's weights
         assert served.model is not engine.model
-        assert any("quantized" in type(m).__module__ for m in served.model.modules())
+        stored = {"fp16w": "fp16", "int8": "int8"}[precision]
+        assert served.model.encoder.layers[0].self_attn.q.storages() == (stored,)
     ids = served.encode(["The house."])
     tokens, reason = events_by_row(served, ids, [4], DecodingSettings.of({}, 4))[0]
     assert 1 <= len(tokens) <= 4 and reason in ("eos", "length")
 
 
 def test_unknown_precision_names_the_choices(engine):
-    with pytest.raises(T5kitError, match="fp32, bf16, int8"):
+    with pytest.raises(T5kitError, match="fp32, bf16, fp16w, int8"):
         Engine(engine.model, engine.tokenizer, precision="fp8")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from t5kit.kernels.inference.precision import add_precision_argument
+
 
 def _human(n: float) -> str:
     for unit in ("", "K", "M", "G", "T"):
@@ -14,9 +16,32 @@ def _human(n: float) -> str:
     return f"{n:.1f}P"
 
 
+def cmd_backend(args: argparse.Namespace) -> int:
+    """The GEMM kernel each linear layer runs on this CPU (timed now unless cached), like CTranslate2's log."""
+    import dataclasses
+
+    from t5kit.cli.generate import load_generator
+    from t5kit.kernels.inference import linear
+
+    if args.retime:
+        linear.forget_machine()
+    generator = load_generator(args)
+    model = generator.decoding_model
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in linear.report(model)], indent=2))
+    else:
+        print(linear.summary(model))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from t5kit.checkpoint import checkpoint_info
+    from t5kit.errors import T5kitError
 
+    if args.backend:
+        return cmd_backend(args)
+    if args.model is None:
+        raise T5kitError("t5kit info needs a checkpoint: t5kit info DIR (or --backend for this CPU's kernels)")
     info = checkpoint_info(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -50,11 +75,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "info", help="show a checkpoint's variant, shapes, parameter count, dtype and files",
+        "info", help="show a checkpoint's variant, shapes, parameter count, dtype and files, or (--backend) "
+                        "the GEMM kernels this CPU runs it with",
         description="Show what a checkpoint holds without loading its weights.",
-        epilog="example: t5kit info runs/my-model/final", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="checkpoint directory or Hugging Face repo id")
+        epilog="examples:\n  t5kit info runs/my-model/final\n  t5kit info --backend            # the built-in model\n"
+               "  t5kit info --backend --precision int8 runs/my-model/final",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", help="checkpoint directory or Hugging Face repo id (with --backend: "
+                   "default the built-in model)")
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.add_argument("--backend", action="store_true",
+                   help="show the GEMM kernel each linear layer of the model runs on this CPU per row count "
+                        "(timed once per machine, then cached; T5KIT_LINEAR_BACKEND=mkl forces MKL)")
+    p.add_argument("--retime", action="store_true", help="with --backend: forget this machine's cached choices "
+                   "and time the kernels again (after a choice was made on a busy machine)")
+    add_precision_argument(p)
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     p.set_defaults(func=cmd_info)
 
     p = subparsers.add_parser(

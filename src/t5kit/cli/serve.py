@@ -92,6 +92,10 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if engine.model.device.type == "cpu":  # which GEMM kernel each layer runs here (timed now unless cached)
+        from t5kit.kernels.inference.linear import summary
+
+        print(summary(engine.model), file=sys.stderr, flush=True)
     uvicorn.run(
         app,
         host=args.host,

@@ -60,7 +60,7 @@ class DecodingSettings:
 class Engine:
     """A loaded model and tokenizer, decoding batches for :class:`t5kit.serve.batcher.Batcher`.
 
-    ``precision`` (one of ``t5kit.kernels.inference.precision.PRECISIONS``: fp32, bf16, int8 weights) serves a converted
+    ``precision`` (one of ``t5kit.kernels.inference.precision.PRECISIONS``) serves a converted
     copy of ``model``, made once here; ``None`` serves the model as it is. ``run_batch`` must only be
     called from one thread at a time (the batcher's worker); the lock makes a mistake there an ordinary
     wait instead of two torch calls racing on the same weights.

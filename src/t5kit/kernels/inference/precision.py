@@ -1,4 +1,4 @@
-"""Inference precision: :data:`PRECISIONS` (the one definition), and copies of a model in fp32, bf16 or int8.
+"""Inference precision: :data:`PRECISIONS` (the one definition), and copies of a model in each of them.
 
 Every command that loads a model for inference (``t5kit generate``, ``eval``, ``demo``, ``serve``) takes
 ``--precision`` from :func:`add_precision_argument`, and ``t5kit.Generator(..., precision=)`` applies it
@@ -8,18 +8,24 @@ through :func:`inference_model`; search (``t5kit.generate``) decodes whatever mo
 free); the original is never modified, so training can go on with it. The copy is refreshed when the
 original's parameters are changed in place (an optimizer step), detected through their version counters.
 
-int8 is dynamic quantization of the ``nn.Linear`` layers (``torch.ao.quantization.quantize_dynamic``: int8
-weights, activations quantized per call). The embedding and the output head stay fp32: measured here
-(2 threads), the quantized kernel for the 512 x 32128 head at batch 1 took 3.9 ms against 1.5 ms for the
-fp32 one, while the layers' 512 x 2048 projections ran in 49 us instead of 110 us. The alternative int8
-matmul path (``torch._weight_int8pack_mm``, int8 weights with bf16 activations) measured no faster (45 us
-and 5.8 ms) and needs bf16 activations.
+- ``fp32``: the model as it is.
+- ``bf16``: bf16 weights and activations, only where the CPU computes bf16 in hardware
+  (:func:`~t5kit.kernels.inference.cpu.native_bf16`: AVX512-BF16 / AMX); elsewhere PyTorch emulates it,
+  slower than fp32, so the copy stays fp32 with a :class:`PrecisionWarning` (``T5KIT_BF16=emulate`` insists).
+- ``fp16w``: fp16 weight storage, fp32 activations and accumulation (fbgemm): half the bytes a batch-1 step
+  reads from memory, for a weight rounding of 2^-11.
+- ``int8``: per-channel int8 weights, activations quantized per call. The output head gets an int8 copy
+  beside its fp32 weight, and the backend uses whichever is faster per row count (measured on this Xeon:
+  int8 0.5 ms against fp32 1.4 ms at one row; the fp32 weight is the tied embedding anyway).
+
+Every linear layer then runs the kernel :mod:`t5kit.kernels.inference.linear` chooses for this CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import warnings
 from typing import Any
 
@@ -29,13 +35,38 @@ from torch import nn
 from t5kit.errors import T5kitError
 from t5kit.generate.search import register_precision_converter
 from t5kit.kernels import install as install_kernels
+from t5kit.kernels.inference.cpu import cpu_model, native_bf16
+from t5kit.kernels.inference.linear import candidates, plain_linear, set_storages
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16w", "int8")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_STORED = {"fp16w": "fp16", "int8": "int8"}  # precision -> the weight format its linear layers hold
+BF16_ENV = "T5KIT_BF16"
 
 
 class PrecisionError(T5kitError, ValueError):
-    """An unknown precision name."""
+    """An unknown precision name, or a precision this device cannot run."""
+
+
+class PrecisionWarning(UserWarning):
+    """A precision was asked for that this CPU only emulates; the model runs in fp32 instead."""
+
+
+def bf16_is_native() -> bool:
+    """Whether ``bf16`` converts to bf16 here: the CPU computes it natively, or ``T5KIT_BF16=emulate``."""
+    return native_bf16() or os.environ.get(BF16_ENV, "").strip().lower() == "emulate"
+
+
+def effective_precision(precision: str, warn: bool = True) -> str:
+    """The precision that will run for ``precision`` on this machine (``bf16`` -> ``fp32`` where emulated)."""
+    check_precision(precision)
+    if precision == "bf16" and not bf16_is_native():
+        if warn:
+            warnings.warn(f"this CPU ({cpu_model()}) has no native bf16 (AVX512-BF16 or AMX), so PyTorch would "
+                          "emulate it, slower than fp32: running in fp32 instead (int8 or fp16w also save memory; "
+                          f"{BF16_ENV}=emulate forces bf16)", PrecisionWarning, stacklevel=3)
+        return "fp32"
+    return precision
 
 
 def check_precision(precision: str) -> str:
@@ -50,7 +81,8 @@ def add_precision_argument(parser: argparse.ArgumentParser | Any, default: str |
     (``default=None``: the model as loaded)."""
     said = default if default is not None else "the model as loaded"
     parser.add_argument("--precision", default=default, choices=list(PRECISIONS),
-                        help=f"inference precision: fp32, bf16, or int8 weights (default: {said})")
+                        help="inference precision: fp32; bf16 (where the CPU computes it natively); fp16w (fp16 "
+                             f"weights, fp32 compute); int8 weights (default: {said})")
 
 
 def _version(model: nn.Module) -> tuple:
@@ -59,7 +91,7 @@ def _version(model: nn.Module) -> tuple:
 
 def inference_model(model: Any, precision: str) -> Any:
     """``model`` itself when it already is in ``precision``, else a converted copy (cached on the model)."""
-    check_precision(precision)
+    precision = effective_precision(precision)
     if precision in _DTYPES and model.dtype == _DTYPES[precision] and not getattr(model, "_t5kit_quantized", False):
         return model
     store = model.__dict__.setdefault("_t5kit_inference_copies", {})
@@ -74,7 +106,10 @@ def inference_model(model: Any, precision: str) -> Any:
 
 def convert(model: Any, precision: str) -> Any:
     """A new model in ``precision`` (eval mode); the original is untouched."""
-    check_precision(precision)
+    precision = effective_precision(precision)
+    if precision in _STORED and model.device.type != "cpu":
+        raise PrecisionError(f"precision {precision} runs on CPU only (its kernels are fbgemm / oneDNN); on "
+                             f"{model.device.type} use fp32 or bf16")
     store = model.__dict__.pop("_t5kit_inference_copies", None)
     try:
         clone = copy.deepcopy(model)
@@ -85,19 +120,28 @@ def convert(model: Any, precision: str) -> Any:
     if precision in _DTYPES:
         return install_kernels(clone.set_dtype(_DTYPES[precision]), "inference")
     clone.set_dtype(torch.float32)
-    return install_kernels(quantize_int8(clone), "inference")
+    return install_kernels(store_weights(clone, precision), "inference")
+
+
+def store_weights(model: Any, precision: str) -> Any:
+    """Give every linear layer of ``model`` (in place) the weight format of ``precision`` ("fp16w", "int8"),
+    dropping its fp32 weight; the output head keeps its fp32 weight too (tied: it is the embedding) so the
+    backend may choose either."""
+    stored = _STORED[precision]
+    if not candidates((stored,)):
+        raise PrecisionError(f"precision {precision} needs a {stored} kernel (fbgemm or oneDNN), which this "
+                             f"build of torch {torch.__version__} lacks: use fp32")
+    for name, module in model.named_modules():
+        if plain_linear(module):  # nn.Linear, or already on the inference backend
+            head = name == "lm_head"
+            set_storages(module, (stored, "fp32") if head else (stored,), keep_plain=head)
+    model._t5kit_quantized = True
+    return model
 
 
 def quantize_int8(model: Any) -> Any:
-    """Dynamic int8 quantization of the Linear layers, in place (returns ``model``)."""
-    engine = "x86" if "x86" in torch.backends.quantized.supported_engines else torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    names = {name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "lm_head"}
-    with warnings.catch_warnings():  # torch.ao's deprecation notices: the API still works in this torch
-        warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8, inplace=True)
-    quantized._t5kit_quantized = True
-    return quantized
+    """int8 weights for every linear layer, in place (returns ``model``): ``store_weights(model, "int8")``."""
+    return store_weights(model, "int8")
 
 
 register_precision_converter(inference_model)  # generate(..., precision=) without decoding importing upwards

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from t5kit.kernels.inference.linear import plain_linear
+
 
 def training_pass(module: nn.Module) -> bool:
     """A training step in plain eager mode: the module trains, autograd records, torch.compile is not tracing
@@ -15,11 +17,11 @@ def training_pass(module: nn.Module) -> bool:
 def plain_weights(*layers: nn.Module) -> list[nn.Parameter] | None:
     """The weights of ``layers`` when the training Functions may read them directly, else None.
 
-    Only plain ``nn.Linear`` / ``nn.Embedding`` layers whose weight is a plain Parameter qualify: a wrapped
-    layer (an adapter) must run its own forward, a quantized layer has no such weight, FSDP's sharded
-    parameters are not Parameters.
+    Only plain ``nn.Linear`` layers (or their inference-backend class over their own weight) and
+    ``nn.Embedding`` layers whose weight is a plain Parameter qualify: a wrapped layer (an adapter) must run
+    its own forward, a quantized layer has no such weight, FSDP's sharded parameters are not Parameters.
     """
-    if any(type(layer) not in (nn.Linear, nn.Embedding) for layer in layers):
+    if not all(type(layer) is nn.Embedding or plain_linear(layer) for layer in layers):
         return None
     weights = [layer.weight for layer in layers]
     return weights if all(type(w) is nn.Parameter for w in weights) else None

@@ -1,0 +1,513 @@
+"""The linear layers' GEMM backend: per weight shape and row count, the fastest kernel this CPU has.
+
+PyTorch sends every float32 ``nn.Linear`` to MKL's sgemm. That is fast on Intel and slow on AMD at the
+shapes of decoding (issue #17, measured on a 2-core AMD EPYC: 512 x 2048 at 16 rows 1067 us with MKL against
+583 us with oneDNN and a prepacked weight; the 512 x 32128 head 28.4 ms against 9.7 ms), and even on an
+Intel Xeon with AMX the best kernel changes with the row count (2 threads, this module's own timings: the
+head at 1 row 1.4 ms with MKL, 1.5 ms with oneDNN; at 4 rows 2.8 ms against 1.5 ms). So nothing is assumed:
+
+- :class:`BackendLinear` replaces ``nn.Linear`` in inference (``t5kit.kernels.install(model, "inference")``).
+  Under ``torch.no_grad`` / ``inference_mode`` it sends each call to the kernel chosen for its weight shape,
+  its weight format and the call's row bucket (:data:`BUCKETS`); with autograd recording it is the plain
+  ``nn.Linear``.
+- The choice is made by timing the candidates (:data:`CANDIDATES`) once, on the layer's own weight, the first
+  time a shape and bucket is met, and kept in a small per-machine cache keyed by the CPU model, the torch
+  version and the thread count (``$T5KIT_CACHE_DIR/linear-backends.json``, default ``~/.cache/t5kit``).
+  A candidate is used only if its output on the timing input lies within the rounding-error bound of its
+  weight format against a float64 reference (:func:`error_bound`); one that does not is reported and skipped.
+  A non-default kernel must beat the format's default (MKL for fp32) by :data:`MARGIN`, because each extra
+  kernel holds its own packed copy of the weight.
+- ``T5KIT_LINEAR_BACKEND=<kernel>`` forces one kernel wherever it applies (``mkl``: PyTorch's plain path for
+  fp32, what an unconfigured PyTorch does); ``auto`` (the default) chooses by timing.
+
+Weight formats: ``fp32`` and ``bf16`` use the layer's own ``weight``; the inference copies of
+:mod:`t5kit.kernels.inference.precision` add ``fp16`` (fp16 storage, fp32 compute: half the bytes a batch-1
+step reads) and ``int8`` (per-channel symmetric int8 weights, activations quantized per call) as buffers, and
+drop the fp32 weight where no chosen kernel needs it (the tied output head keeps it: the embedding is it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from t5kit.errors import T5kitError
+from t5kit.io import write_json
+from t5kit.kernels.inference.cpu import cpu_line, cpu_model
+
+BUCKETS = (1, 4, 16, 64, 256)  # a call of r rows runs the kernel chosen for the smallest bucket >= r
+BACKEND_ENV = "T5KIT_LINEAR_BACKEND"
+CACHE_ENV = "T5KIT_CACHE_DIR"
+CACHE_FILE = "linear-backends.json"
+# A non-default kernel must be this much faster than the format's default to be chosen: repeated timings of
+# one kernel on the 2-core VMs spread by a few per cent, and every extra kernel holds another weight copy.
+MARGIN = 0.05
+UNIT_ROUNDOFF = {"fp32": 2.0**-24, "bf16": 2.0**-8, "fp16": 2.0**-11}
+
+
+class BackendError(T5kitError, ValueError):
+    """An unknown kernel name in ``T5KIT_LINEAR_BACKEND``."""
+
+
+class BackendWarning(UserWarning):
+    """A kernel failed its accuracy check, or the backend cache could not be read or written."""
+
+
+# ------------------------------------------------------------------------------------------------ the kernels
+
+
+def _dense(x: Tensor, weight: Tensor) -> Tensor:
+    return F.linear(x, weight)
+
+
+def _same(weight: Tensor) -> Tensor:
+    return weight.detach()
+
+
+def _onednn_pack(weight: Tensor) -> Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+
+
+def _onednn(x: Tensor, packed: Tensor) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+def _fp16_pack(weight: Tensor) -> Any:
+    return torch.ops.quantized.linear_prepack_fp16(weight.float(), None)
+
+
+def _fp16(x: Tensor, packed: Any) -> Tensor:
+    return torch.ops.quantized.linear_dynamic_fp16(x, packed)
+
+
+def _int8_packer(engine: str) -> Callable[[Tensor], Any]:
+    def pack(qweight: Tensor) -> Any:
+        before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = engine  # the packed object keeps its engine's implementation
+        try:
+            return torch.ops.quantized.linear_prepack(qweight, None)
+        finally:
+            torch.backends.quantized.engine = before
+    return pack
+
+
+def _fbgemm_int8(x: Tensor, packed: Any) -> Tensor:
+    # reduce_range: 7-bit activations, so AVX2's saturating u8 x s8 pair sums cannot overflow (fbgemm's rule)
+    return torch.ops.quantized.linear_dynamic(x, packed, True)
+
+
+def _onednn_int8(x: Tensor, packed: Any) -> Tensor:
+    return torch.ops.quantized.linear_dynamic(x, packed, False)
+
+
+def _engine(name: str) -> Callable[[], bool]:
+    return lambda: name in torch.backends.quantized.supported_engines
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One kernel: the weight format it reads, how it packs that weight once, and how it runs a call."""
+
+    name: str
+    storage: str  # fp32, bf16, fp16 or int8
+    pack: Callable[[Tensor], Any]
+    run: Callable[[Tensor, Any], Tensor]
+    available: Callable[[], bool]
+    about: str
+
+
+# The first candidate of each format is its default (what PyTorch does unconfigured).
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("mkl", "fp32", _same, _dense, lambda: True, "PyTorch's F.linear: MKL sgemm on x86"),
+    Candidate("onednn", "fp32", _onednn_pack, _onednn, torch.backends.mkldnn.is_available,
+              "oneDNN with a prepacked weight"),
+    Candidate("aten-bf16", "bf16", _same, _dense, lambda: True, "PyTorch's bf16 F.linear"),
+    Candidate("onednn-bf16", "bf16", _onednn_pack, _onednn, torch.backends.mkldnn.is_available,
+              "oneDNN with a prepacked bf16 weight"),
+    Candidate("fbgemm-fp16", "fp16", _fp16_pack, _fp16, _engine("fbgemm"),
+              "fbgemm: fp16 weights, fp32 activations and accumulation"),
+    Candidate("fbgemm-int8", "int8", _int8_packer("fbgemm"), _fbgemm_int8, _engine("fbgemm"),
+              "fbgemm: int8 weights, activations quantized per call (7-bit)"),
+    Candidate("onednn-int8", "int8", _int8_packer("onednn"), _onednn_int8, _engine("onednn"),
+              "oneDNN: int8 weights, activations quantized per call"),
+)
+_BY_NAME = {c.name: c for c in CANDIDATES}
+
+
+def candidates(storages: Iterable[str]) -> list[Candidate]:
+    """The available kernels that read one of ``storages``, defaults first."""
+    storages = tuple(storages)
+    found = [c for c in CANDIDATES if c.storage in storages and c.available()]
+    return sorted(found, key=lambda c: (storages.index(c.storage), CANDIDATES.index(c)))
+
+
+def forced_kernel() -> str | None:
+    """``T5KIT_LINEAR_BACKEND``'s kernel, or None for ``auto``."""
+    value = os.environ.get(BACKEND_ENV, "auto").strip() or "auto"
+    if value == "auto":
+        return None
+    if value not in _BY_NAME:
+        raise BackendError(f"{BACKEND_ENV}={value!r} is not a kernel: use auto or one of {', '.join(_BY_NAME)}")
+    return value
+
+
+def bucket(rows: int) -> int:
+    """The row bucket a call of ``rows`` rows belongs to."""
+    for b in BUCKETS:
+        if rows <= b:
+            return b
+    return BUCKETS[-1]
+
+
+# ------------------------------------------------------------------------------------------ accuracy check
+
+
+def error_bound(storage: str, x: Tensor, weight: Tensor) -> Tensor:
+    """Elementwise worst-case error of ``x @ weight.T`` computed in ``storage``'s kernels, against the float64
+    product of the same stored weight (``weight``: float64, exactly what the kernel reads).
+
+    fp32 accumulation over K terms in any order: ``gamma_K * sum |x||w|`` with ``gamma_K = K u / (1 - K u)``,
+    ``u = 2^-24`` (Higham, Accuracy and Stability, 3.1). bf16 adds rounding the input and the output to
+    bf16 (``u = 2^-8``). int8 adds the per-call activation quantization: each input moves by at most half a
+    step of ``(max(x, 0) - min(x, 0)) / 127`` (7-bit: fbgemm's reduce_range; 8-bit steps are smaller).
+    """
+    x64 = x.double()
+    k = x64.shape[-1]
+    u = UNIT_ROUNDOFF["fp32"]
+    gamma = (k + 2) * u / (1 - (k + 2) * u)  # two extra roundings: the scale multiply and the output
+    magnitude = x64.abs() @ weight.abs().T
+    bound = gamma * magnitude
+    if storage == "bf16":
+        bound = bound + 2 * UNIT_ROUNDOFF["bf16"] * magnitude  # input and output rounded to bf16
+    if storage == "int8":
+        half_step = (x64.clamp(min=0).amax() - x64.clamp(max=0).amin()) / 127 / 2
+        bound = bound + half_step * weight.abs().sum(1) + gamma * half_step * weight.abs().sum(1)
+    return bound
+
+
+def stored_weight64(module: nn.Linear, storage: str) -> Tensor:
+    """The weight ``storage``'s kernels read, in float64."""
+    if storage == "int8":
+        return module.weight_int8.dequantize().double()
+    if storage == "fp16":
+        return module.weight_fp16.double()
+    return module.weight.detach().double()
+
+
+def _input_for(storage: str, rows: int, features: int) -> Tensor:
+    g = torch.Generator().manual_seed(rows * 7919 + features)
+    x = torch.randn(rows, features, generator=g)
+    return x.bfloat16() if storage == "bf16" else x
+
+
+# ------------------------------------------------------------------------------------------ choices + cache
+
+
+_LOCK = threading.Lock()
+_CHOICES: dict[str, dict[str, Any]] | None = None  # key -> {"kernel": name, "us": {name: microseconds}}
+
+
+def cache_path() -> Path:
+    """Where the per-machine choices are kept."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t5kit")
+    return Path(root) / CACHE_FILE
+
+
+def _machine_key() -> str:
+    return f"{cpu_model()} | torch {torch.__version__}"
+
+
+def _read_cache() -> dict[str, Any]:
+    path = cache_path()
+    try:
+        data = json.loads(path.read_text())
+        machines = data["machines"]
+        if not isinstance(machines, dict):
+            raise TypeError("machines is not an object")
+        return machines
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        warnings.warn(f"ignoring the linear-backend cache {path} ({err}); it will be rewritten", BackendWarning,
+                      stacklevel=3)
+        return {}
+
+
+def _choices() -> dict[str, dict[str, Any]]:
+    global _CHOICES
+    if _CHOICES is None:
+        _CHOICES = dict(_read_cache().get(_machine_key(), {}))
+    return _CHOICES
+
+
+def _save(key: str, entry: dict[str, Any]) -> None:
+    _choices()[key] = entry
+    with _LOCK:
+        machines = _read_cache()  # another process may have added its own choices meanwhile
+        machines.setdefault(_machine_key(), {})[key] = entry
+        try:
+            write_json(cache_path(), {"version": 1, "machines": machines})
+        except OSError as err:
+            warnings.warn(f"cannot write the linear-backend cache {cache_path()} ({err}); choices are kept in "
+                          f"memory only (set {CACHE_ENV} to a writable directory)", BackendWarning, stacklevel=3)
+
+
+def forget_machine() -> None:
+    """Drop this machine's cached choices from the disk cache (other machines' stay), so they are timed again."""
+    reset()
+    with _LOCK:
+        machines = _read_cache()
+        if machines.pop(_machine_key(), None) is not None:
+            write_json(cache_path(), {"version": 1, "machines": machines})
+
+
+def reset() -> None:
+    """Forget every in-memory choice and plan (the disk cache stays): for tests and after changing the env."""
+    global _CHOICES
+    _CHOICES = None
+    _PLANS.clear()
+
+
+def _time_all(runs: dict[str, tuple[Callable, Any]], x: Tensor, rounds: int = 5) -> dict[str, float]:
+    """Best microseconds per call of each kernel; the candidates take turns, so a slow moment hits all."""
+    per_call = {}
+    for name, (run, packed) in runs.items():
+        run(x, packed)
+        start = time.perf_counter()
+        run(x, packed)
+        per_call[name] = max(time.perf_counter() - start, 1e-7)
+    calls = {name: max(1, min(200, int(1e-3 / t))) for name, t in per_call.items()}  # ~1 ms per turn
+    best = dict.fromkeys(runs, math.inf)
+    for _ in range(rounds):
+        for name, (run, packed) in runs.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                run(x, packed)
+            best[name] = min(best[name], (time.perf_counter() - start) / calls[name])
+    return {name: round(t * 1e6, 2) for name, t in best.items()}
+
+
+def _choice_key(storages: tuple[str, ...], shape: tuple[int, int], rows: int, threads: int) -> str:
+    return f"{'+'.join(storages)} {shape[0]}x{shape[1]} rows {rows} threads {threads}"
+
+
+def choose(module: BackendLinear, rows: int) -> str:
+    """The kernel for ``module``'s weight shape and format at row bucket ``rows``: forced, cached, or timed now."""
+    storages = module.storages()
+    options = candidates(storages)
+    forced = forced_kernel()
+    if forced is not None:
+        return forced if forced in {c.name for c in options} else options[0].name
+    key = _choice_key(storages, (module.out_features, module.in_features), rows, torch.get_num_threads())
+    entry = _choices().get(key)
+    if entry is not None and entry.get("kernel") in {c.name for c in options}:
+        return entry["kernel"]
+    with torch.inference_mode():
+        runs, accurate = {}, {}
+        for c in options:
+            packed = c.pack(module.stored_weight(c.storage))
+            x = _input_for(c.storage, rows, module.in_features)
+            y = c.run(x, packed).double()
+            exact = x.double() @ stored_weight64(module, c.storage).T
+            within = bool(((y - exact).abs() <= error_bound(c.storage, x, stored_weight64(module, c.storage))).all())
+            accurate[c.name] = within
+            if within:
+                runs[c.name] = (c.run, packed)
+            else:
+                warnings.warn(f"linear kernel {c.name} is outside its rounding-error bound for a "
+                              f"{module.out_features}x{module.in_features} weight on this machine; not used",
+                              BackendWarning, stacklevel=2)
+        if not runs:
+            raise BackendError(f"no linear kernel for {'+'.join(storages)} weights passed its accuracy check")
+        timings = {}
+        for storage in storages:  # each format is timed on its own input dtype
+            group = {n: r for n, r in runs.items() if _BY_NAME[n].storage == storage}
+            if group:
+                timings.update(_time_all(group, _input_for(storage, rows, module.in_features)))
+    default = next(c.name for c in options if c.name in timings)
+    kernel = min(timings, key=timings.get)
+    if kernel != default and timings[kernel] > (1 - MARGIN) * timings[default]:
+        kernel = default
+    module._remember_pack(kernel, runs[kernel][1])  # the others' packs are freed here
+    _save(key, {"kernel": kernel, "us": timings, "rejected": sorted(n for n, ok in accurate.items() if not ok)})
+    return kernel
+
+
+# ------------------------------------------------------------------------------------------------ the module
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> _State (never deep-copied)
+
+
+@dataclass
+class _Plan:
+    kernel: str
+    run: Callable[[Tensor, Any], Tensor]
+    packed: Any
+    version: tuple[int, int]
+
+
+@dataclass
+class _State:
+    plans: dict[tuple[int, int], _Plan] = field(default_factory=dict)  # (bucket, threads) -> plan
+    packs: dict[str, tuple[tuple[int, int], Any]] = field(default_factory=dict)  # kernel -> (version, packed)
+
+
+class BackendLinear(nn.Linear):
+    """``nn.Linear`` whose no-grad calls run the kernel chosen for this CPU (module docstring)."""
+
+    def storages(self) -> tuple[str, ...]:
+        """The weight formats this layer holds, the one it computes in first."""
+        formats = self.__dict__.get("_t5kit_storages")
+        if formats is not None:
+            return formats
+        return {torch.float32: ("fp32",), torch.bfloat16: ("bf16",)}.get(self.weight.dtype, ())
+
+    def stored_weight(self, storage: str) -> Tensor:
+        if storage == "int8":
+            return self.weight_int8
+        if storage == "fp16":
+            return self.weight_fp16
+        return self.weight
+
+    def _version(self) -> tuple[int, int]:
+        weight = self.weight
+        return (weight.data_ptr(), weight._version)
+
+    def _remember_pack(self, name: str, packed: Any) -> None:
+        _PLANS.setdefault(self, _State()).packs[name] = (self._version(), packed)
+
+    def _plan(self, rows: int, threads: int) -> _Plan:
+        kernel = choose(self, rows)
+        state = _PLANS.setdefault(self, _State())
+        version = self._version()
+        held = state.packs.get(kernel)
+        if held is None or held[0] != version:
+            candidate = _BY_NAME[kernel]
+            with torch.inference_mode():
+                held = (version, candidate.pack(self.stored_weight(candidate.storage)))
+        plan = _Plan(kernel, _BY_NAME[kernel].run, held[1], version)
+        state.plans = {k: p for k, p in state.plans.items() if p.version == version} | {(rows, threads): plan}
+        in_use = {p.kernel for p in state.plans.values()}  # a pack no plan uses is freed
+        state.packs = {n: h for n, h in state.packs.items() if n in in_use and h[0] == version} | {kernel: held}
+        return plan
+
+    def forward(self, x: Tensor) -> Tensor:
+        storages = self.storages()
+        plain = storages[:1] in (("fp32",), ("bf16",))
+        if not storages or x.device.type != "cpu" or (plain and torch.is_grad_enabled() and self.weight.requires_grad):
+            return super().forward(x)
+        rows = bucket(x.numel() // self.in_features if self.in_features else 0)
+        threads = torch.get_num_threads()
+        state = _PLANS.get(self)
+        plan = state.plans.get((rows, threads)) if state is not None else None
+        if plan is None or plan.version != self._version():
+            plan = self._plan(rows, threads)
+        if x.dim() == 2:
+            return plan.run(x, plan.packed)
+        return plan.run(x.reshape(-1, self.in_features), plan.packed).reshape(*x.shape[:-1], self.out_features)
+
+
+def plain_linear(layer: nn.Module) -> bool:
+    """``layer`` is an ``nn.Linear`` computing from its own float weight (plain, or :class:`BackendLinear`
+    without fp16 / int8 copies): what the training kernels may read directly."""
+    return type(layer) is nn.Linear or (type(layer) is BackendLinear and "_t5kit_storages" not in layer.__dict__)
+
+
+# ------------------------------------------------------------------------------------------ weight formats
+
+
+def store_fp16(module: nn.Linear) -> None:
+    """Give ``module`` an fp16 copy of its weight (a non-persistent buffer: the checkpoint layout is unchanged)."""
+    module.register_buffer("weight_fp16", module.weight.detach().half(), persistent=False)
+
+
+def store_int8(module: nn.Linear) -> None:
+    """Per-output-channel symmetric int8 weights: ``scale = max |w_row| / 127`` (a zero row gets scale 1)."""
+    weight = module.weight.detach().float()
+    scale = weight.abs().amax(1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).double()
+    zero = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # torch's notice that quantized tensors will move to torchao; 2.13 has them
+        warnings.simplefilter("ignore", UserWarning)
+        quantized = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+    module.register_buffer("weight_int8", quantized, persistent=False)
+
+
+def set_storages(module: nn.Linear, storages: tuple[str, ...], keep_plain: bool) -> None:
+    """Make ``module`` compute from ``storages`` (adding the fp16 / int8 copies); without ``keep_plain`` the
+    float weight is dropped (an inference copy only: the layer can then no longer train)."""
+    for storage in storages:
+        if storage == "fp16":
+            store_fp16(module)
+        elif storage == "int8":
+            store_int8(module)
+    module.__dict__["_t5kit_storages"] = tuple(storages)
+    if not keep_plain:
+        module.weight = nn.Parameter(torch.empty(0, dtype=torch.float32), requires_grad=False)
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+
+@dataclass(frozen=True)
+class LinearChoice:
+    """One weight shape and row bucket: the kernel chosen and what each candidate measured (us per call)."""
+
+    shape: tuple[int, int]  # out_features, in_features
+    storage: str
+    modules: int
+    rows: int
+    kernel: str
+    timings_us: dict[str, float]
+
+
+def report(model: nn.Module, rows: Iterable[int] = BUCKETS) -> list[LinearChoice]:
+    """The choice for every linear weight shape of ``model`` at every bucket of ``rows`` (timing the missing)."""
+    groups: dict[tuple, list[BackendLinear]] = {}
+    for module in model.modules():
+        if isinstance(module, BackendLinear) and module.storages():
+            groups.setdefault((module.storages(), module.out_features, module.in_features), []).append(module)
+    choices = []
+    for (storages, out_features, in_features), modules in groups.items():
+        for r in rows:
+            kernel = choose(modules[0], bucket(r))
+            key = _choice_key(storages, (out_features, in_features), bucket(r), torch.get_num_threads())
+            timings = dict(_choices().get(key, {}).get("us", {})) if forced_kernel() is None else {}
+            choices.append(LinearChoice((out_features, in_features), "+".join(storages), len(modules), bucket(r),
+                                        kernel, timings))
+    return choices
+
+
+def summary(model: nn.Module) -> str:
+    """A few lines for logs, like CTranslate2's: the CPU, then each weight shape's kernel per row bucket."""
+    forced = forced_kernel()
+    how = f"forced {forced}" if forced else f"auto (timed once, cached in {cache_path()})"
+    lines = [f"{cpu_line()}; linear backend: {how}"]
+    by_shape: dict[tuple, list[LinearChoice]] = {}
+    for choice in report(model):
+        by_shape.setdefault((choice.storage, choice.shape, choice.modules), []).append(choice)
+    for (storage, (out_features, in_features), count), items in by_shape.items():
+        runs: list[str] = []
+        for c in items:
+            if runs and runs[-1].endswith(f" {c.kernel}"):
+                start = runs[-1].split()[1].split("-")[0]
+                runs[-1] = f"rows {start}-{c.rows} {c.kernel}"
+            else:
+                runs.append(f"rows {c.rows} {c.kernel}")
+        lines.append(f"  {storage} {out_features}x{in_features} (x{count}): " + ", ".join(runs))
+    return "\n".join(lines)
