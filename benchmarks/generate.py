@@ -33,12 +33,15 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from t5kit.kernels.inference import linear
+from t5kit.kernels.inference.cpu import native_bf16
 from t5kit.tokenizer import t5_vocabulary_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,6 +58,7 @@ BUSY = "busy-greedy-b1"
 # by default it runs for the engines the targets and the thread policy concern, not the MKL / bf16 variants.
 BUSY_ENGINES = ["t5kit-fp32", "t5kit-fp16w", "t5kit-int8", "transformers-fp32", "ct2-float32", "ct2-int8"]
 SOURCE, NEW = 64, 64
+THREADS_ENV = "T5KIT_THREADS"  # t5kit's thread policy: auto (its default: adapt to the free cores) or a count
 VOCAB_DIR = t5_vocabulary_path()  # spiece.model, shipped in the package
 # tokenizer.json, which the CTranslate2 converter reads: the tests' copy of the T5 vocabulary
 TOKENIZER_JSON = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "t5-vocab" / "tokenizer.json"
@@ -179,10 +183,6 @@ def time_scenario(run, batch: int, beams: int, busy: bool, repeat: int, new: int
 
 def backend_report(model) -> dict:
     """t5kit's linear-kernel choices for ``model`` (after its warm-up): the summary text and each choice."""
-    try:
-        from t5kit.kernels.inference import linear  # optional: a t5kit revision before #17 has no backend report
-    except ImportError as error:
-        return {"error": f"no backend report in this t5kit ({error})"}
     return {"summary": linear.summary(model), "choices": [dataclasses.asdict(c) for c in linear.report(model)]}
 
 
@@ -262,16 +262,10 @@ def skip_reason(engine: str, device: str) -> str | None:
         return None
     if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
         return "this GPU does not compute bf16"
-    if family == "t5kit" and precision == "bf16" and device == "cpu":
-        try:
-            from t5kit.kernels.inference.precision import native_bf16  # optional: absent before #17
-        except ImportError:
-            return None
-        if not native_bf16():
-            isa = cpu_facts()["isa"]
-            return ("this CPU does not compute bf16 natively (lscpu: avx512_bf16 "
-                    f"{'yes' if isa['avx512_bf16'] else 'no'}, amx_bf16 {'yes' if isa['amx_bf16'] else 'no'}); "
-                    "t5kit would warn and run fp32")
+    if family == "t5kit" and precision == "bf16" and device == "cpu" and not native_bf16():
+        isa = cpu_facts()["isa"]
+        return (f"this CPU does not compute bf16 natively (lscpu: avx512_bf16 {'yes' if isa['avx512_bf16'] else 'no'}"
+                f", amx_bf16 {'yes' if isa['amx_bf16'] else 'no'}); t5kit would warn and run fp32")
     return None
 
 
@@ -280,11 +274,11 @@ def child_env(engine: str, args: argparse.Namespace) -> dict[str, str]:
     family, _, backend = parse_engine(engine)
     if family == "t5kit":
         if backend:
-            env["T5KIT_LINEAR_BACKEND"] = backend
+            env[linear.BACKEND_ENV] = backend
         elif args.linear_backend:
-            env["T5KIT_LINEAR_BACKEND"] = args.linear_backend
+            env[linear.BACKEND_ENV] = args.linear_backend
         if args.threads_policy:
-            env["T5KIT_THREADS"] = args.threads_policy
+            env[THREADS_ENV] = args.threads_policy
     if family == "ct2":
         env["CT2_VERBOSE"] = "1"  # its backend log (CPU, ISA, MKL or not, GEMM backends) on stderr
     return env
@@ -465,6 +459,50 @@ def print_speed_table(table: dict, scenarios: list[str], device: str) -> None:
         print(f"{engine:<20}{cells}" + (f"{peak:>14.0f}" if peak is not None else f"{'-':>14}"))
 
 
+def print_cuda_ratios(table: dict, scenarios: list[str]) -> None:
+    for engine in table:
+        family, precision, _ = parse_engine(engine)
+        peer = f"transformers-{precision}"
+        for s in scenarios:
+            mine, theirs = tokens_per_s(table, engine, s), tokens_per_s(table, peer, s)
+            if family == "t5kit" and mine and theirs:
+                print(f"  {engine} / {peer} at {s}: {mine / theirs:.2f}x")
+
+
+def run_preset(preset: str, engines: list[str], scenarios: list[str], busy_engines: set[str], read_bw: float,
+               args: argparse.Namespace) -> dict:
+    """Every engine on one preset's random checkpoint; prints the preset's tables and returns its figures."""
+    directory = prepare_checkpoint(preset, any(parse_engine(e)[0] == "ct2" for e in engines))
+    try:
+        table: dict[str, dict] = {}
+        for engine in engines:
+            mine = [s for s in scenarios if s != BUSY or engine in busy_engines]
+            table[engine] = run_child(engine, directory, mine, args)
+        nbytes = step_weight_bytes(directory)
+        bound = read_bw * 1e9 / nbytes
+        bounds = bound_lines(table, directory, read_bw)
+    finally:  # the checkpoint is hundreds of MB of temporary files
+        shutil.rmtree(directory, ignore_errors=True)
+    print()
+    if args.device == "cpu":
+        print_backends(table)
+    print(f"\n{preset}: new tokens/s ({'peak GPU memory' if args.device == 'cuda' else 'peak RSS'} MiB)")
+    print_speed_table(table, scenarios, args.device)
+    rows, checks = mkl_rows(table), []
+    if args.device == "cpu":
+        checks = targets(table, bound)
+        print()
+        print_mkl_table(rows)
+        print()
+        print_targets(checks)
+        print_other_ratios(table, scenarios)
+        print("bandwidth bound:\n" + "\n".join(bounds or ["  (no t5kit run)"]))
+    else:
+        print_cuda_ratios(table, scenarios)
+    return {"engines": table, "mkl_vs_chosen": rows, "targets": checks, "step_weight_bytes_fp32": nbytes,
+            "dram_bound_tokens_per_s": bound}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["t5-small", "t5-v1_1-small"])
@@ -478,10 +516,13 @@ def main() -> None:
     parser.add_argument("--transformers-bf16", action="store_true", help="also run transformers in bf16 (CPU)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--new-tokens", type=int, default=NEW, help="for smoke tests only; the targets assume 64")
-    parser.add_argument("--threads-policy", help="T5KIT_THREADS for the t5kit engines (default: as inherited; "
+    parser.add_argument("--threads-policy", help=f"{THREADS_ENV} for the t5kit engines (default: as inherited; "
                         "t5kit's own default is auto)")
-    parser.add_argument("--linear-backend", help="T5KIT_LINEAR_BACKEND for the t5kit engines that force none "
+    parser.add_argument("--linear-backend", help=f"{linear.BACKEND_ENV} for the t5kit engines that force none "
                         "(default: as inherited; t5kit's own default is auto)")
+    parser.add_argument("--backend-cache", choices=["fresh", "user"], default="fresh",
+                        help="fresh (default): t5kit times its kernel candidates anew in this run, in a temporary "
+                        f"cache shared by its engines; user: the cache {linear.CACHE_ENV} or ~/.cache/t5kit holds")
     parser.add_argument("--json", type=Path, help="write every figure of the run to this JSON file")
     parser.add_argument("--quick", action="store_true", help="one preset (t5-small), one timed repeat")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
@@ -505,13 +546,18 @@ def main() -> None:
     if args.device == "cuda" and BUSY in scenarios:
         scenarios.remove(BUSY)  # a competing CPU process measures the CPU's thread pool, not the GPU path
     started = time.perf_counter()
+    # A choice cached at another moment (another load, another t5kit) would be benchmarked as if made now.
+    cache = tempfile.mkdtemp(prefix="t5kit-bench-backends-") if args.backend_cache == "fresh" else None
+    if cache:
+        os.environ[linear.CACHE_ENV] = cache  # the children inherit it
 
     print(machine_line(args.threads))
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
-    print(f"t5kit: T5KIT_THREADS={args.threads_policy or os.environ.get('T5KIT_THREADS', '(unset: auto)')}, "
-          f"T5KIT_LINEAR_BACKEND={args.linear_backend or os.environ.get('T5KIT_LINEAR_BACKEND', '(unset: auto)')} "
-          "(t5kit-*-mkl engines: mkl)")
+    threads_policy = args.threads_policy or os.environ.get(THREADS_ENV, "(unset: auto)")
+    backend = args.linear_backend or os.environ.get(linear.BACKEND_ENV, "(unset: auto)")
+    print(f"t5kit: {THREADS_ENV}={threads_policy}, {linear.BACKEND_ENV}={backend} (t5kit-*-mkl engines: mkl), "
+          f"kernel choices cached in {cache or linear.cache_path().parent} ({args.backend_cache})")
     cpu = cpu_facts()
     copy_bw = copy_bandwidth_gbs()
     read_bytes = max(512 * 2**20, 2 * cpu["l3_bytes"])  # past the L3 cache, or it would measure the cache
@@ -523,50 +569,22 @@ def main() -> None:
     if args.new_tokens != NEW:
         print(f"NOTE: --new-tokens {args.new_tokens}, not the issue's {NEW}: a smoke test, not figures")
     skipped = {engine: reason for engine in engines if (reason := skip_reason(engine, args.device))}
-    runnable = [engine for engine in engines if engine not in skipped]
     dump: dict = {"command": sys.argv, "machine": {**cpu, "line": machine_line(args.threads),
                                                    "torch": torch.__version__, "threads": args.threads},
-                  "device": args.device, "bandwidth_gbs": {"read": read_bw, "read_bytes": read_bytes, "copy": copy_bw},
+                  "device": args.device, "t5kit_env": {THREADS_ENV: threads_policy, linear.BACKEND_ENV: backend},
+                  "bandwidth_gbs": {"read": read_bw, "read_bytes": read_bytes, "copy": copy_bw},
                   "source_tokens": SOURCE, "new_tokens": args.new_tokens, "repeat": args.repeat,
                   "skipped": skipped, "presets": {}}
-    for preset in args.presets:
-        print(f"\n== {preset} ==")
-        for engine, reason in skipped.items():
-            print(f"  {engine}: skipped: {reason}")
-        directory = prepare_checkpoint(preset, any(parse_engine(e)[0] == "ct2" for e in runnable))
-        try:
-            table: dict[str, dict] = {}
-            for engine in runnable:
-                mine = [s for s in scenarios if s != BUSY or engine in busy_engines]
-                table[engine] = run_child(engine, directory, mine, args)
-            nbytes = step_weight_bytes(directory)
-            bound = read_bw * 1e9 / nbytes
-            print()
-            if args.device == "cpu":
-                print_backends(table)
-            print(f"\n{preset}: new tokens/s ({'peak GPU memory' if args.device == 'cuda' else 'peak RSS'} MiB)")
-            print_speed_table(table, scenarios, args.device)
-            rows = mkl_rows(table)
-            checks = targets(table, bound) if args.device == "cpu" else []
-            if args.device == "cpu":
-                print()
-                print_mkl_table(rows)
-                print()
-                print_targets(checks)
-                print_other_ratios(table, scenarios)
-                print("bandwidth bound:\n" + "\n".join(bound_lines(table, directory, read_bw) or ["  (no t5kit run)"]))
-            else:
-                for engine in table:
-                    family, precision, _ = parse_engine(engine)
-                    peer = f"transformers-{precision}"
-                    for s in scenarios:
-                        mine, theirs = tokens_per_s(table, engine, s), tokens_per_s(table, peer, s)
-                        if family == "t5kit" and mine and theirs:
-                            print(f"  {engine} / {peer} at {s}: {mine / theirs:.2f}x")
-            dump["presets"][preset] = {"engines": table, "mkl_vs_chosen": rows, "targets": checks,
-                                       "step_weight_bytes_fp32": nbytes, "dram_bound_tokens_per_s": bound}
-        finally:  # the checkpoint is hundreds of MB of temporary files
-            shutil.rmtree(directory, ignore_errors=True)
+    try:
+        for preset in args.presets:
+            print(f"\n== {preset} ==")
+            for engine, reason in skipped.items():
+                print(f"  {engine}: skipped: {reason}")
+            runnable = [engine for engine in engines if engine not in skipped]
+            dump["presets"][preset] = run_preset(preset, runnable, scenarios, busy_engines, read_bw, args)
+    finally:
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(dump, indent=1))
