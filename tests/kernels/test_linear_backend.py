@@ -67,6 +67,10 @@ def test_every_kernel_is_within_its_formats_error_bound(candidate, shape, rows):
     weight = stored_weight64(layer, candidate.storage)
     error = (y - x.double() @ weight.T).abs()
     assert (error <= error_bound(candidate.storage, x, weight)).all(), (candidate.name, error.max().item())
+    if rows % 2 == 0:  # the layer passes [batch, length, features] through unflattened: the kernel takes it
+        with torch.no_grad():
+            y3 = candidate.run(x.reshape(2, rows // 2, -1), candidate.pack(layer.stored_weight(candidate.storage)))
+        assert y3.shape == (2, rows // 2, shape[0]) and torch.equal(y3.reshape(rows, -1).double(), y)
 
 
 def test_the_bound_rejects_a_kernel_that_rounds_more_than_its_format():

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from t5kit.kernels.inference.attention import DecodeStepAttention
-from t5kit.kernels.inference.linear import BackendLinear
+from t5kit.kernels.inference.linear import BackendLinear, forget_plans
 from t5kit.kernels.training.attention import TrainingAttention
 from t5kit.kernels.training.dropout import FastDropout
 from t5kit.kernels.training.feedforward import TrainingFeedForward
@@ -98,6 +98,8 @@ def uninstall(model: nn.Module) -> nn.Module:
     plain_of = {k.fast: k.replaces for k in KERNELS}
     for module in model.modules():
         cls = type(module)
+        if cls is BackendLinear:
+            forget_plans(module)
         if cls in plain_of:
             module.__class__ = plain_of[cls]
         elif cls in _COMBINED.values():

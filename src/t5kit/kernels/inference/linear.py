@@ -28,6 +28,7 @@ drop the fp32 weight where no chosen kernel needs it (the tied output head keeps
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +281,8 @@ def reset() -> None:
     """Forget every in-memory choice and plan (the disk cache stays): for tests and after changing the env."""
     global _CHOICES
     _CHOICES = None
-    _PLANS.clear()
+    for module in list(_STATEFUL):
+        forget_plans(module)
 
 
 def _time_all(runs: dict[str, tuple[Callable, Any]], x: Tensor, rounds: int = 5) -> dict[str, float]:
@@ -350,31 +352,28 @@ def choose(module: BackendLinear, rows: int) -> str:
 
 # ------------------------------------------------------------------------------------------------ the module
 
-_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> _State (never deep-copied)
+_STATEFUL: weakref.WeakSet = weakref.WeakSet()  # layers holding plans, so that reset() reaches them
+_STATE_KEYS = ("_t5kit_plans", "_t5kit_packs")  # in the layer's __dict__; never deep-copied (__deepcopy__)
 
 
 @dataclass
 class _Plan:
     kernel: str
-    run: Callable[[Tensor, Any], Tensor]
+    run: Callable[[Tensor, Any], Tensor] | None  # None: the plain nn.Linear forward
     packed: Any
     version: tuple[int, int]
-
-
-@dataclass
-class _State:
-    plans: dict[tuple[int, int], _Plan] = field(default_factory=dict)  # (bucket, threads) -> plan
-    packs: dict[str, tuple[tuple[int, int], Any]] = field(default_factory=dict)  # kernel -> (version, packed)
 
 
 class BackendLinear(nn.Linear):
     """``nn.Linear`` whose no-grad calls run the kernel chosen for this CPU (module docstring)."""
 
     def storages(self) -> tuple[str, ...]:
-        """The weight formats this layer holds, the one it computes in first."""
+        """The weight formats this layer holds, the one it computes in first (empty: plain layer only)."""
         formats = self.__dict__.get("_t5kit_storages")
         if formats is not None:
             return formats
+        if self.bias is not None or self.weight.device.type != "cpu":  # the kernels take no bias; CPU only
+            return ()
         return {torch.float32: ("fp32",), torch.bfloat16: ("bf16",)}.get(self.weight.dtype, ())
 
     def stored_weight(self, storage: str) -> Tensor:
@@ -389,37 +388,58 @@ class BackendLinear(nn.Linear):
         return (weight.data_ptr(), weight._version)
 
     def _remember_pack(self, name: str, packed: Any) -> None:
-        _PLANS.setdefault(self, _State()).packs[name] = (self._version(), packed)
+        self.__dict__.setdefault("_t5kit_packs", {})[name] = (self._version(), packed)
+        _STATEFUL.add(self)
 
-    def _plan(self, rows: int, threads: int) -> _Plan:
-        kernel = choose(self, rows)
-        state = _PLANS.setdefault(self, _State())
+    def _plan(self, key: tuple[int, int]) -> _Plan:
         version = self._version()
-        held = state.packs.get(kernel)
-        if held is None or held[0] != version:
-            candidate = _BY_NAME[kernel]
-            with torch.inference_mode():
-                held = (version, candidate.pack(self.stored_weight(candidate.storage)))
-        plan = _Plan(kernel, _BY_NAME[kernel].run, held[1], version)
-        state.plans = {k: p for k, p in state.plans.items() if p.version == version} | {(rows, threads): plan}
-        in_use = {p.kernel for p in state.plans.values()}  # a pack no plan uses is freed
-        state.packs = {n: h for n, h in state.packs.items() if n in in_use and h[0] == version} | {kernel: held}
+        plans = {k: p for k, p in self.__dict__.get("_t5kit_plans", {}).items() if p.version == version}
+        if not self.storages():
+            plan = _Plan("plain", None, None, version)
+        else:
+            kernel = choose(self, bucket(key[0] // max(self.in_features, 1)))
+            packs = self.__dict__.get("_t5kit_packs", {})
+            held = packs.get(kernel)
+            if held is None or held[0] != version:
+                candidate = _BY_NAME[kernel]
+                with torch.inference_mode():
+                    held = (version, candidate.pack(self.stored_weight(candidate.storage)))
+            plan = _Plan(kernel, _BY_NAME[kernel].run, held[1], version)
+            in_use = {p.kernel for p in plans.values()} | {kernel}  # a pack no plan uses is freed
+            self.__dict__["_t5kit_packs"] = {n: h for n, h in packs.items() if n in in_use and h[0] == version} | {
+                kernel: held}
+        plans[key] = plan
+        self.__dict__["_t5kit_plans"] = plans
+        _STATEFUL.add(self)
         return plan
 
     def forward(self, x: Tensor) -> Tensor:
-        storages = self.storages()
-        plain = storages[:1] in (("fp32",), ("bf16",))
-        if not storages or x.device.type != "cpu" or (plain and torch.is_grad_enabled() and self.weight.requires_grad):
-            return super().forward(x)
-        rows = bucket(x.numel() // self.in_features if self.in_features else 0)
-        threads = torch.get_num_threads()
-        state = _PLANS.get(self)
-        plan = state.plans.get((rows, threads)) if state is not None else None
-        if plan is None or plan.version != self._version():
-            plan = self._plan(rows, threads)
-        if x.dim() == 2:
-            return plan.run(x, plan.packed)
-        return plan.run(x.reshape(-1, self.in_features), plan.packed).reshape(*x.shape[:-1], self.out_features)
+        # Lean on purpose: ~49 calls per t5-small decoding step, each 10-100 us of matrix work.
+        weight = self.weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return F.linear(x, weight, self.bias)  # autograd: the plain layer
+        plans = self.__dict__.get("_t5kit_plans")
+        key = (x.numel(), torch.get_num_threads())
+        plan = plans.get(key) if plans is not None else None
+        if plan is None or plan.version != (weight.data_ptr(), weight._version):
+            plan = self._plan(key)
+        if plan.run is None:
+            return F.linear(x, weight, self.bias)
+        return plan.run(x, plan.packed)
+
+    def __deepcopy__(self, memo: dict) -> BackendLinear:
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for name, value in self.__dict__.items():
+            if name not in _STATE_KEYS:  # packed weights are rebuilt on the copy's first call
+                clone.__dict__[name] = copy.deepcopy(value, memo)
+        return clone
+
+
+def forget_plans(module: nn.Module) -> None:
+    """Drop a layer's plans and packed weights (``t5kit.kernels.uninstall`` calls it)."""
+    for name in _STATE_KEYS:
+        module.__dict__.pop(name, None)
 
 
 def plain_linear(layer: nn.Module) -> bool:
