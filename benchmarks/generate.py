@@ -18,7 +18,14 @@ preset, the linear kernels t5kit chose (``t5kit.kernels.inference.linear.summary
 backend log; then new tokens/s, peak memory, per weight shape and row bucket MKL against the chosen kernel
 (the figures an Intel or an AMD user would see), and the targets of issue 17, met or not. The DRAM bound
 of greedy batch 1 is the weight bytes one decoding step reads over the measured read-only bandwidth
-(``torch.sum`` over a tensor larger than the L3 cache).
+(``torch.sum`` over a tensor larger than the L3 cache). Beside the busy neighbour the harness also says how
+many cores the engine and the neighbour got (their CPU seconds over the wall time).
+
+t5kit times its kernel candidates anew in each run (a temporary cache shared by its engines: a choice
+cached at another moment would be benchmarked as if made now); ``--backend-cache user`` uses the user's.
+``--threads-policy`` sets t5kit's ``T5KIT_THREADS`` (default: as inherited; t5kit's default adapts to the
+free cores). ``--device cuda`` runs t5kit and transformers in fp32 / bf16 (CTranslate2 where its CUDA build
+is importable), without the busy neighbour; without a GPU it says so and exits.
 """
 
 from __future__ import annotations
@@ -194,6 +201,8 @@ def run_engine(engine: str, directory: Path, scenarios: list[str], repeat: int, 
         batch, beams, busy = SCENARIOS[name]
         results["scenarios"][name] = time_scenario(run, batch, beams, busy, repeat, new)
     results["peak_rss_mb"] = peak_memory_mb()
+    if model is not None:
+        results["model_dtype"] = str(model.dtype).removeprefix("torch.")  # what the precision became here
     if device == "cuda" and parse_engine(engine)[0] != "ct2":  # CTranslate2 has its own allocator
         results["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     elif model is not None:
@@ -307,6 +316,9 @@ def run_child(engine: str, directory: Path, scenarios: list[str], args: argparse
     if parse_engine(engine)[0] == "ct2":
         result["backend"] = {"log": ct2_log(done.stderr)}
     print(f"  {engine}: {seconds:.0f} s", flush=True)
+    family, precision, _ = parse_engine(engine)
+    if family == "t5kit" and precision == "bf16" and result.get("model_dtype") != "bfloat16":
+        print(f"    WARNING: {engine} ran in {result.get('model_dtype')}, not bfloat16", flush=True)
     return result
 
 
