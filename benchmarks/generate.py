@@ -429,10 +429,12 @@ def print_targets(checks: list[dict]) -> None:
 
 def print_other_ratios(table: dict, scenarios: list[str]) -> None:
     lines = []
-    for scenario in scenarios:
-        auto, mkl = tokens_per_s(table, "t5kit-fp32", scenario), tokens_per_s(table, "t5kit-fp32-mkl", scenario)
-        if auto and mkl:
-            lines.append(f"  t5kit-fp32 chosen backend / MKL only at {scenario}: {auto / mkl:.2f}x")
+    for engine in table:
+        family, precision, forced = parse_engine(engine)
+        for scenario in scenarios if family == "t5kit" and forced else []:
+            auto, only = tokens_per_s(table, f"t5kit-{precision}", scenario), tokens_per_s(table, engine, scenario)
+            if auto and only:
+                lines.append(f"  t5kit-{precision} chosen kernels / {forced} only at {scenario}: {auto / only:.2f}x")
     for engine in table:
         idle, busy = tokens_per_s(table, engine, "greedy-b1"), tokens_per_s(table, engine, BUSY)
         if idle and busy:
@@ -521,7 +523,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--engines", nargs="+", help=f"default on the CPU: {' '.join(CPU_ENGINES)}; with "
-                        f"--device cuda: {' '.join(CUDA_ENGINES)}")
+                        f"--device cuda: {' '.join(CUDA_ENGINES)}; t5kit-PRECISION-KERNEL forces that kernel "
+                        f"({linear.BACKEND_ENV}=KERNEL)")
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--busy-engines", nargs="+", default=BUSY_ENGINES,
                         help=f"engines that also run {BUSY} ('all': every engine; default: %(default)s)")
@@ -553,6 +556,10 @@ def main() -> None:
     engines = args.engines or (CUDA_ENGINES if args.device == "cuda" else CPU_ENGINES)
     if args.transformers_bf16 and "transformers-bf16" not in engines:
         engines = [*engines, "transformers-bf16"]
+    for engine in engines:
+        family, _, precision = engine.partition("-")
+        if family not in ("t5kit", "transformers", "ct2") or not precision:
+            parser.error(f"engine {engine!r}: t5kit-PRECISION[-KERNEL], transformers-fp32|bf16 or ct2-COMPUTE_TYPE")
     busy_engines = set(engines if "all" in args.busy_engines else args.busy_engines)
     scenarios = list(args.scenarios)
     if args.device == "cuda" and BUSY in scenarios:
