@@ -105,7 +105,7 @@ def test_the_choice_is_the_fastest_accurate_kernel_and_is_kept_on_disk(monkeypat
     data = json.loads((tmp_path / "cache" / linear.CACHE_FILE).read_text())
     (machine, entries), = data["machines"].items()
     assert "torch " + torch.__version__ in machine
-    entry = entries[f"fp32 256x128 rows 16"]
+    entry = entries["fp32 256x128 rows 16"]
     names = {c.name for c in AVAILABLE if c.storage == "fp32"}
     assert set(entry["us"]) == names and entry["rejected"] == []
     fastest = min(entry["us"], key=entry["us"].get)
@@ -132,7 +132,7 @@ def test_a_kernel_outside_its_bound_is_reported_and_never_chosen(monkeypatch):
     with pytest.warns(BackendWarning, match="broken is outside its rounding-error bound"):
         kernel = linear.choose(layer, 4)
     assert kernel != "broken"
-    entry = linear._choices()[f"fp32 64x256 rows 4"]
+    entry = linear._choices()["fp32 64x256 rows 4"]
     assert entry["rejected"] == ["broken"] and "broken" not in entry["us"]
 
 
