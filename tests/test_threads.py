@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -39,6 +41,7 @@ def fake_load(monkeypatch):
     monkeypatch.setattr(threads, "_online", lambda cores: 2)
     monkeypatch.setattr(threads, "_load", threads._Load())
     monkeypatch.setattr(threads, "LOOK_S", 0.0)
+    monkeypatch.setattr(threads, "LOOK_SHARE", float("inf"))
     monkeypatch.setattr(threads, "WINDOW_S", 0.0)  # the latest look only
     monkeypatch.delenv(threads.ENV, raising=False)
     return load
@@ -223,3 +226,36 @@ def test_a_busy_neighbour_takes_a_core():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_looks_that_cost_more_are_spaced_out(fake_load, caller_threads, monkeypatch):
+    def slow_look():
+        time.sleep(0.01)  # a look of 10 ms (a big pool): at a 1% share the next one waits >= 1 s
+        return fake_load.others
+
+    monkeypatch.setattr(threads, "look", slow_look)
+    monkeypatch.setattr(threads, "LOOK_SHARE", 0.01)
+    with threads.decoding_threads() as count:
+        assert count == 2
+        fake_load.others = 1
+        threads.tick()
+        assert torch.get_num_threads() == 2  # not looked yet
+
+
+def test_calls_on_two_threads_restore_the_programs_count(monkeypatch, caller_threads):
+    monkeypatch.setenv(threads.ENV, "1")
+    entered, release = threading.Event(), threading.Event()
+
+    def other_call():
+        with threads.decoding_threads():
+            entered.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=other_call)
+    worker.start()
+    entered.wait(5)
+    with threads.decoding_threads():
+        release.set()  # the other call ends first, while this one still runs
+        worker.join(5)
+    # torch's count is the process's: restored to the program's, not to the other call's 1
+    assert torch.get_num_threads() == caller_threads

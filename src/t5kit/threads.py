@@ -36,6 +36,9 @@ from t5kit.errors import ConfigError
 ENV = "T5KIT_THREADS"
 AUTO = "auto"
 LOOK_S = 0.025  # a look costs ~50 us on the 2-core VM: 0.2% of a decoding call at one look per 25 ms
+# A look reads a file per own thread, twice: with a big pool it costs more, and the looks are spaced out to
+# keep them under this share of the time.
+LOOK_SHARE = 0.01
 WINDOW_S = 0.2  # looks averaged; a neighbour that starts or stops is followed within this time
 
 _T = TypeVar("_T")
@@ -184,7 +187,7 @@ class _Policy:
     def __init__(self, fixed: int | None, ceiling: int) -> None:
         self.fixed, self.ceiling = fixed, ceiling
         self.count = fixed if fixed is not None else ceiling
-        self.looked = -LOOK_S
+        self.next_look = float("-inf")
         self.look()
 
     def look(self) -> bool:
@@ -192,10 +195,10 @@ class _Policy:
         if self.fixed is not None or self.ceiling == 1:
             return False
         now = time.monotonic()
-        if now - self.looked < LOOK_S:
+        if now < self.next_look:
             return False
-        self.looked = now
         others = _load.others(now)
+        self.next_look = now + max(LOOK_S, (time.monotonic() - now) / LOOK_SHARE)
         if others is None:
             return False
         cores = _cores()
@@ -211,30 +214,64 @@ class _Active(threading.local):
 _active = _Active()
 
 
+class _Caller:
+    """The count the program has outside decoding. torch's count is one for the whole process (set on one
+    thread, read on all), so while a decoding call runs on one thread another thread's call would read the
+    decoding count as its caller's, and whichever ended last would restore the wrong one; instead the count
+    is kept from when the first call began and restored when the last one ends."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.count = 0
+
+    def enter(self) -> int:
+        with self.lock:
+            if self.calls == 0:
+                self.count = torch.get_num_threads()
+            self.calls += 1
+            return self.count
+
+    def leave(self, outer: _Policy | None) -> None:
+        with self.lock:
+            self.calls -= 1
+            if self.calls == 0:
+                _set(self.count)
+            elif outer is not None:  # a call nested in another on this thread: back to the outer one's count
+                _set(outer.count)
+
+
+_caller = _Caller()
+
+
 def _set(count: int) -> None:
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
 
 
 @contextlib.contextmanager
-def _applied(policy: _Policy) -> Iterator[int]:
-    before = torch.get_num_threads()
+def _applied(policy: _Policy | None) -> Iterator[_Policy]:
+    """The block under ``policy`` (a new one, with the caller's count as its ceiling, when ``None``)."""
+    ceiling = _caller.enter()
     outer = _active.policy
-    _active.policy = policy
-    _set(policy.count)
     try:
-        yield policy.count
+        policy = policy or _Policy(setting(), ceiling)
+        _active.policy = policy
+        _set(policy.count)
+        yield policy
     finally:
         _active.policy = outer
-        _set(before)
+        _caller.leave(outer)
 
 
-def decoding_threads() -> contextlib.AbstractContextManager[int]:
+@contextlib.contextmanager
+def decoding_threads() -> Iterator[int]:
     """Run the block with the decoding thread count (``T5KIT_THREADS``) and restore the caller's after.
 
     Yields the count chosen at entry; :func:`tick` inside the block follows the load from there.
     """
-    return _applied(_Policy(setting(), torch.get_num_threads()))
+    with _applied(None) as policy:
+        yield policy.count
 
 
 def tick() -> None:
@@ -249,13 +286,11 @@ def each_step(steps: Iterator[_T]) -> Iterator[_T]:
     """``steps`` with every ``next`` run under the decoding thread count and the caller's count restored
     before each item is handed out: a generator that held the count across its yields would hand the
     caller's code the decoding count, and two interleaved streams would restore each other's values."""
-    policy: _Policy | None = None
+    policy: _Policy | None = None  # decided at the first step
     done = object()
     try:
         while True:
-            if policy is None:  # decided at the first step, under the count the caller has then
-                policy = _Policy(setting(), torch.get_num_threads())
-            with _applied(policy):
+            with _applied(policy) as policy:
                 item = next(steps, done)
             if item is done:
                 return
