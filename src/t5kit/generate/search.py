@@ -34,6 +34,7 @@ from torch import Tensor
 
 from t5kit.generate.options import GenerationConfig, GenerationError
 from t5kit.generate.processors import LogitsProcessors
+from t5kit.threads import decoding_threads, each_step, tick
 
 
 class DecodingCache(Protocol):
@@ -184,7 +185,7 @@ def generate(
     model = _in_precision(model, precision)
     cfg = _config(model, config, options)
     input_ids, attention_mask = _prepare_inputs(model, input_ids, attention_mask)
-    with torch.inference_mode():
+    with torch.inference_mode(), decoding_threads():  # t5kit.threads: T5KIT_THREADS
         if cfg.num_beams > 1:
             out = _beam_search(model, input_ids, attention_mask, cfg, return_scores, generator)
         else:
@@ -221,7 +222,7 @@ def stream(
                               "decides its output at the end: use generate()")
     input_ids, attention_mask = _prepare_inputs(model, input_ids, attention_mask)
     with torch.inference_mode():
-        steps = _sample_steps(model, input_ids, attention_mask, cfg, False, generator)
+        steps = each_step(_sample_steps(model, input_ids, attention_mask, cfg, False, generator))
         for rows, tokens, finished in steps:
             for r, t in zip(rows.tolist(), tokens.tolist()):
                 yield StreamEvent(r, t)
@@ -262,6 +263,7 @@ def _sample_steps(
     rows = torch.arange(n, device=input_ids.device)
     tokens = out[:, :1]
     for step in range(max_new):
+        tick()  # the thread count follows a neighbour's load
         logits = model.decode_step(tokens, cache)[:, -1].float()
         history = out[:, : step + 1].index_select(0, rows) if needs_history else out[:0]
         scores = processors.apply(logits, history, step)
@@ -356,6 +358,7 @@ def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: Gen
     cache = cache.expand_beams(K)
     cur_len = 1
     while True:
+        tick()  # the thread count follows a neighbour's load
         b = items.numel()
         vocab = logits.shape[-1]
         log_probs = torch.log_softmax(logits, dim=-1)
