@@ -313,6 +313,23 @@ def _sample(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: Generati
 # ---------------------------------------------------------------------------------------------- beam search
 
 
+def _top_continuations(scores: Tensor, k: int, beams: int) -> tuple[Tensor, Tensor]:
+    """``torch.topk(scores, k)`` of [items, beams * vocab] scores, in two stages: the k + 1 best of each beam,
+    then the k + 1 best of those. When these k + 1 are all distinct the answer is unique, so it is topk's
+    own on the whole row; otherwise (a tie, NaN, -inf) topk runs on the whole row, whose tie order
+    transformers has. topk keeps one row to one thread: 4 beams x 32128, 2 threads, Intel Xeon: 358 ->
+    146 us for one item, 656 -> 489 us for 4."""
+    items, width = scores.shape
+    vocab, m = width // beams, k + 1
+    if m <= vocab:
+        values, index = torch.topk(scores.view(items, beams, vocab), m)
+        best, pick = torch.topk(values.view(items, beams * m), m)
+        if bool((best[:, 1:] < best[:, :-1]).all()):
+            index = index + torch.arange(0, width, vocab, device=scores.device)[:, None]
+            return best[:, :k], index.view(items, beams * m).gather(1, pick[:, :k])
+    return torch.topk(scores, k)
+
+
 def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig, with_scores: bool,
                  generator: torch.Generator | None) -> GenerationOutput:
     """transformers' (5.x) vectorised beam search, operation for operation, on t5kit's cache.
@@ -376,7 +393,7 @@ def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: Gen
             topk_log_probs, order = topk_log_probs.sort(dim=-1, descending=True)
             topk_indices = topk_indices.gather(-1, order)
         else:
-            topk_log_probs, topk_indices = torch.topk(log_probs, k=beams_to_keep)
+            topk_log_probs, topk_indices = _top_continuations(log_probs, beams_to_keep, K)
         topk_beam = topk_indices // vocab
         topk_ids = topk_indices % vocab
         topk_running_sequences = torch.take_along_dim(running_sequences, topk_beam[:, :, None], dim=1)
