@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from t5kit.kernels.inference.attention import DecodeStepAttention
+from t5kit.kernels.inference.norm import InferenceRMSNorm
 from t5kit.kernels.training.attention import TrainingAttention
 from t5kit.kernels.training.dropout import FastDropout
 from t5kit.kernels.training.feedforward import TrainingFeedForward
@@ -54,6 +55,7 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel(FeedForward, TrainingFeedForward, "train", ("cpu",), "float32, bfloat16 (and bf16 autocast)"),
     Kernel(T5Model, TrainingT5Model, "train", ("cpu",), "float32, bfloat16 (and bf16 autocast)"),
     Kernel(Attention, DecodeStepAttention, "inference", ("cpu",), "any"),
+    Kernel(RMSNorm, InferenceRMSNorm, "inference", ("cpu",), "float32, bfloat16, float16"),
 )
 
 _COMBINED: dict[tuple[type, ...], type] = {}
