@@ -180,7 +180,7 @@ def test_precision_copies_are_in_their_format_and_leave_the_model_alone(model):
     assert all(isinstance(int8.get_submodule(name), quantized) for name in linears)
     assert type(int8.lm_head) is nn.Linear and int8.lm_head.weight.dtype == torch.float32  # measured faster
     for copy in (bf16, int8):
-        assert "DecodeStepAttention" in installed(copy)  # the decoding-step kernel comes with the copy
+        assert "InferenceRMSNorm" in installed(copy)  # the inference kernels come with the copy
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert all(type(model.get_submodule(name)) is nn.Linear for name in linears) and not installed(model)
     assert inference_model(model, "fp32") is model
