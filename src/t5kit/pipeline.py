@@ -109,7 +109,7 @@ class Generator:
         return cls(model, load_tokenizer(directory), precision=precision)
 
     def __init__(self, model: Any, tokenizer: Any, precision: str | None = None):
-        # The inference kernels (t5kit.kernels: the small-batch decoding-step attention on CPU): a class swap
+        # The inference kernels (t5kit.kernels: the inference RMS norm on CPU): a class swap
         # that changes no parameter; the model's float32 eval outputs stay as they were.
         self.model = install_kernels(model, "inference")
         self.tokenizer = tokenizer

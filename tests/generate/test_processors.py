@@ -38,3 +38,23 @@ def test_processors_follow_the_options():
     top = LogitsProcessors(GenerationConfig(do_sample=True, top_k=2, temperature=0.5), vocab=5)
     warped = top.warped(scores)
     assert torch.isinf(warped).sum() == 3 and warped[0, 4] == 8.0
+
+
+def test_in_place_processing_equals_the_copy():
+    """Search hands its own step logits over with ``in_place=True``: every processor gives the same scores
+    as on a copy, written into the tensor given."""
+    g = torch.Generator().manual_seed(1)
+    history = torch.randint(0, 6, (4, 9), generator=g)
+    options = [dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2), dict(min_new_tokens=3, eos_token_id=1),
+               dict(suppress_tokens=[2, 5]),
+               dict(repetition_penalty=0.7, no_repeat_ngram_size=3, min_new_tokens=3, suppress_tokens=[0],
+                    eos_token_id=1)]
+    for kw in options:
+        processors = LogitsProcessors(GenerationConfig(**kw), vocab=6)
+        for step in (0, 5):
+            scores = torch.randn(4, 6, generator=g)
+            expected = processors.apply(scores, history, step)
+            got = processors.apply(scores, history, step, in_place=True)
+            assert torch.equal(got, expected), (kw, step)
+            assert got is scores or not processors.active
+    assert torch.isinf(expected).any()  # the processors did something

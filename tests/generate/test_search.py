@@ -325,3 +325,29 @@ def test_precision_decodes_with_the_converted_copy(model, precision):
     assert not torch.equal(ours.scores, plain.scores)
     assert [e.token_id for e in stream(model, ids[:1], precision=precision, max_new_tokens=3, suppress_tokens=[1])
             if e.token_id is not None] == copy.sequences[0, 1:4].tolist()
+
+
+def test_two_stage_top_continuations_are_topks_own():
+    """Beam search's top 2K continuations come from a per-beam topk first: it must return what one topk over
+    the whole row returns (values and indices), ties, NaN and -inf included (those fall back to it)."""
+    from t5kit.generate.search import _top_continuations
+
+    g = torch.Generator().manual_seed(0)
+    beams, vocab, k = 4, 50, 8
+    cases = [torch.randn(3, beams * vocab, generator=g)]
+    tied = torch.randn(3, beams * vocab, generator=g)
+    tied[0, 7] = tied[0, 3 * vocab + 1] = tied[0].max()  # a tie at the top
+    tied[1, :] = tied[1, :1]  # everything tied
+    cases.append(tied)
+    filler = torch.full((2, beams * vocab), -1e9)
+    filler[:, :vocab] = torch.randn(2, vocab, generator=g)  # transformers' first step: beams 1.. at -1e9
+    cases.append(filler)
+    cases.append(torch.full((2, beams * vocab), -torch.inf))
+    nan = torch.randn(2, beams * vocab, generator=g)
+    nan[0, 5] = torch.nan
+    cases.append(nan)
+    for scores in cases:
+        values, index = _top_continuations(scores, k, beams)
+        expected = torch.topk(scores, k)
+        torch.testing.assert_close(values, expected.values, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(index, expected.indices)

