@@ -12,11 +12,12 @@ Beam search keeps one cross-attention row per input item, shared by its ``beams`
 rows (:meth:`expand_beams`, :meth:`reorder_beams`): the beams of an item attend to the same encoder
 output, so their cross keys/values are never copied per beam or reordered, and the decoder step attends
 with all of an item's beams as queries of one small matrix product. A beam reorder happens at every
-step, so it gathers into a second buffer kept for the purpose and swaps the two, allocating nothing.
+step, so it moves in place only the rows that change, allocating nothing.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,7 @@ class DecoderCache:
     self_bias_by_distance: list[torch.Tensor]
     length: int = 0  # positions already written
     beams: int = 1  # consecutive decoder rows that share one cross-attention row (beam search)
-    # Beam search: the buffer the next reorder gathers into (at least as many rows as self_kv), then swapped.
+    # Beam search: one row of self_kv's shape, where a reorder keeps a row of a cycle of rows it moves.
     spare: torch.Tensor | None = None
     self_k: list[torch.Tensor] = field(init=False, repr=False)
     self_v: list[torch.Tensor] = field(init=False, repr=False)
@@ -140,16 +141,49 @@ class DecoderCache:
         ``items`` (old item indices, in order) keeps only those items' cross rows, None keeps them all. Each
         new group of ``beams`` rows must come from the one item the group belongs to.
 
-        The filled positions are gathered into the spare buffer, which then becomes the cache's (rows only
-        ever leave, so it is always large enough). A new buffer per layer and step, gathered into through a
-        temporary, cost ~0.9 ms more a step: beam 4 over one t5-small item, 20.6 -> 19.6 ms a step, over
-        four 35.7 -> 33.8 ms (2 threads, Intel Xeon)."""
-        if self.spare is None:
-            self.spare = torch.empty_like(self.self_kv)
-        self.self_kv, self.spare = self._gather_self(rows, self.spare), self.self_kv
+        Only the rows that change are copied, each once (:meth:`_move_rows`): most beams go on from their
+        own row (t5-small, random weights, beam 4: 58-72% of rows a step). Against a gather of every row
+        into a second buffer, beam 4 over 1 / 4 / 16 items decodes 1.01x / 1.02x / 1.07x as fast (2 threads,
+        Intel Xeon)."""
+        order = rows.tolist()
+        if self.length:
+            self._move_rows(order)
+        if len(order) != self.self_kv.shape[1]:
+            self.self_kv = self.self_kv[:, : len(order)]
         self._layer_views()
         if items is not None:
             self.cross_k = [k.index_select(0, items) for k in self.cross_k]
             self.cross_v = [v.index_select(0, items) for v in self.cross_v]
             self.cross_bias = self.cross_bias.index_select(0, items)
         return self
+
+    def _move_rows(self, order: list[int]) -> None:
+        """Row r of the self-attention buffers takes what row ``order[r]`` holds, filled positions only, in
+        place: a row is overwritten only after every row that continues it has read it, and a cycle of rows
+        (beams swapping places) goes through one spare row."""
+        filled = self.self_kv[:, :, :, : self.length]
+        pending = {row: source for row, source in enumerate(order) if row != source}
+        readers = Counter(pending.values())
+        ready = [row for row in pending if not readers[row]]
+        spare = None
+        while pending:
+            if not ready:  # only cycles are left: one row's values go aside, its reader reads them there
+                row = next(iter(pending))
+                if self.spare is None:
+                    self.spare = self.self_kv.new_empty((self.self_kv.shape[0], *self.self_kv.shape[2:]))
+                spare = self.spare[:, :, : self.length]
+                spare.copy_(filled[:, row])
+                reader = next(r for r, source in pending.items() if source == row)
+                pending[reader] = _SPARE
+                readers[row] = 0
+                ready.append(row)
+            row = ready.pop()
+            source = pending.pop(row)
+            filled[:, row].copy_(spare if source == _SPARE else filled[:, source])
+            if source != _SPARE:
+                readers[source] -= 1
+                if not readers[source] and source in pending:
+                    ready.append(source)
+
+
+_SPARE = -1  # _move_rows: "read the spare row"
