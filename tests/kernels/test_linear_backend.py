@@ -136,6 +136,19 @@ def test_a_kernel_outside_its_bound_is_reported_and_never_chosen(monkeypatch):
     assert entry["rejected"] == ["broken"] and "broken" not in entry["us"]
 
 
+def test_a_kernel_that_fails_on_this_machine_is_skipped_with_a_warning(monkeypatch):
+    def refuses(x, weight):
+        raise RuntimeError("mkldnn_linear: this CPU lacks the instructions\nsecond line")
+
+    refusing = Candidate("refusing", "fp32", lambda w: w.detach(), refuses, lambda: True, "test")
+    monkeypatch.setattr(linear, "CANDIDATES", (*CANDIDATES, refusing))
+    monkeypatch.setitem(linear._BY_NAME, "refusing", refusing)
+    layer = backend_layer(32, 64, ("fp32",))
+    with pytest.warns(BackendWarning, match=r"refusing does not run on this machine \(mkldnn_linear: this CPU"):
+        assert linear.choose(layer, 1) != "refusing"
+    assert "refusing" in linear._choices()["fp32 32x64 rows 1"]["rejected"]
+
+
 def test_forcing_a_kernel_and_a_clear_error_for_an_unknown_one(monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "mkl")
     assert linear.choose(backend_layer(32, 32, ("fp32",)), 16) == "mkl"

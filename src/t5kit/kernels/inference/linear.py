@@ -116,6 +116,11 @@ def _onednn_int8(x: Tensor, packed: Any) -> Tensor:
     return torch.ops.quantized.linear_dynamic(x, packed, False)
 
 
+def _onednn_bf16_available() -> bool:
+    # oneDNN's bf16 linear refuses CPUs without AVX512-BW/VL/DQ or AVX-NE-CONVERT (AVX2-only EPYCs)
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _engine(name: str) -> Callable[[], bool]:
     return lambda: name in torch.backends.quantized.supported_engines
 
@@ -138,7 +143,7 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("onednn", "fp32", _onednn_pack, _onednn, torch.backends.mkldnn.is_available,
               "oneDNN with a prepacked weight"),
     Candidate("aten-bf16", "bf16", _same, _dense, lambda: True, "PyTorch's bf16 F.linear"),
-    Candidate("onednn-bf16", "bf16", _onednn_pack, _onednn, torch.backends.mkldnn.is_available,
+    Candidate("onednn-bf16", "bf16", _onednn_pack, _onednn, _onednn_bf16_available,
               "oneDNN with a prepacked bf16 weight"),
     Candidate("fbgemm-fp16", "fp16", _fp16_pack, _fp16, _engine("fbgemm"),
               "fbgemm: fp16 weights, fp32 activations and accumulation"),
@@ -326,9 +331,15 @@ def choose(module: BackendLinear, rows: int) -> str:
     with torch.inference_mode():
         runs, accurate = {}, {}
         for c in options:
-            packed = c.pack(module.stored_weight(c.storage))
             x = _input_for(c.storage, rows, module.in_features)
-            y = c.run(x, packed).double()
+            try:
+                packed = c.pack(module.stored_weight(c.storage))
+                y = c.run(x, packed).double()
+            except RuntimeError as err:  # a kernel this CPU or build refuses: not a candidate here
+                warnings.warn(f"linear kernel {c.name} does not run on this machine ({str(err).splitlines()[0]}); "
+                              "not used", BackendWarning, stacklevel=2)
+                accurate[c.name] = False
+                continue
             exact = x.double() @ stored_weight64(module, c.storage).T
             within = bool(((y - exact).abs() <= error_bound(c.storage, x, stored_weight64(module, c.storage))).all())
             accurate[c.name] = within
