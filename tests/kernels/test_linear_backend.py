@@ -231,3 +231,33 @@ def test_cpuinfo_parsing(text, name, native, monkeypatch):
     assert parsed_name == name
     monkeypatch.setattr(cpu, "_cpu", lambda: (name or "arm", flags))
     assert native_bf16() is native
+
+
+def test_a_frozen_layer_still_passes_gradients_to_its_input_and_a_layer_pickles(monkeypatch):
+    """The kernels have no autograd: a frozen weight with an input that needs a gradient (a frozen base under
+    an adapter) must take the plain path, and oneDNN's packed copy must not break pickling."""
+    import pickle
+
+    monkeypatch.setenv(BACKEND_ENV, "onednn" if torch.backends.mkldnn.is_available() else "mkl")
+    layer = backend_layer(16, 32, ("fp32",)).requires_grad_(False)
+    x = torch.randn(4, 32, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and torch.allclose(x.grad, layer.weight.sum(0).expand(4, 32))
+    with torch.no_grad():
+        expected = layer(x)  # builds the packed copy
+    clone = pickle.loads(pickle.dumps(layer))
+    with torch.no_grad():
+        assert torch.equal(clone(x), expected)
+
+
+def test_reduced_precision_fp32_matmuls_take_pytorchs_own_path():
+    layer = backend_layer(16, 32, ("fp32",))
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert layer.storages() == ()
+        with torch.no_grad():
+            assert torch.equal(layer(torch.ones(2, 32)), F.linear(torch.ones(2, 32), layer.weight))
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert layer.storages() == ("fp32",)

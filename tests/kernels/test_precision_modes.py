@@ -54,3 +54,14 @@ def test_fp16w_halves_the_weight_bytes_of_the_layers(model):
     fp32 = sum(model.get_submodule(n).weight.numel() * 4 for n, m in copy.named_modules() if m in layers)
     held = sum(m.weight_fp16.numel() * m.weight_fp16.element_size() + m.weight.numel() * 4 for m in layers)
     assert layers and held == fp32 // 2
+
+
+def test_layers_with_a_bias_keep_their_fp32_weights():
+    """The weight-format kernels take no bias: a user's biased layer stays plain rather than lose its bias."""
+    from torch import nn
+
+    from t5kit.kernels.inference.precision import store_weights
+
+    layer = nn.Linear(8, 4)
+    store_weights(nn.Sequential(layer), "int8")
+    assert "_t5kit_storages" not in layer.__dict__ and layer.weight.shape == (4, 8)

@@ -48,9 +48,9 @@ from torch import Tensor, nn
 
 from t5kit.errors import T5kitError
 from t5kit.io import write_json
-from t5kit.kernels.inference.cpu import cpu_line, cpu_model
+from t5kit.kernels.inference.cpu import cpu_line, cpu_model, isa
 
-BUCKETS = (1, 4, 16, 64, 256)  # a call of r rows runs the kernel chosen for the smallest bucket >= r
+BUCKETS = (1, 4, 16, 64, 256)  # a call of r rows runs the kernel of the smallest bucket >= r (above 256: 256)
 BACKEND_ENV = "T5KIT_LINEAR_BACKEND"
 CACHE_ENV = "T5KIT_CACHE_DIR"
 CACHE_FILE = "linear-backends.json"
@@ -121,6 +121,14 @@ def _onednn_bf16_available() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def _onednn_int8_available() -> bool:
+    # Without VNNI, u8 x s8 pair sums saturate at int16 unless activations use 7 bits, which oneDNN's dynamic
+    # linear does not (torch's own x86 qconfig sets reduce_range = not VNNI for the same reason); random test
+    # inputs rarely saturate, a model's outlier activations do.
+    return "onednn" in torch.backends.quantized.supported_engines and bool(
+        {"avx512_vnni", "avx_vnni", "amx_int8"} & set(isa()))
+
+
 def _engine(name: str) -> Callable[[], bool]:
     return lambda: name in torch.backends.quantized.supported_engines
 
@@ -149,7 +157,7 @@ CANDIDATES: tuple[Candidate, ...] = (
               "fbgemm: fp16 weights, fp32 activations and accumulation"),
     Candidate("fbgemm-int8", "int8", _int8_packer("fbgemm"), _fbgemm_int8, _engine("fbgemm"),
               "fbgemm: int8 weights, activations quantized per call (7-bit)"),
-    Candidate("onednn-int8", "int8", _int8_packer("onednn"), _onednn_int8, _engine("onednn"),
+    Candidate("onednn-int8", "int8", _int8_packer("onednn"), _onednn_int8, _onednn_int8_available,
               "oneDNN: int8 weights, activations quantized per call"),
 )
 _BY_NAME = {c.name: c for c in CANDIDATES}
@@ -178,6 +186,9 @@ def bucket(rows: int) -> int:
         if rows <= b:
             return b
     return BUCKETS[-1]
+
+
+_BUCKET_OF = [bucket(r) for r in range(BUCKETS[-1] + 1)]  # rows -> bucket, a list lookup on the hot path
 
 
 # ------------------------------------------------------------------------------------------ accuracy check
@@ -237,7 +248,8 @@ def cache_path() -> Path:
 
 
 def _machine_key() -> str:
-    return f"{cpu_model()} | torch {torch.__version__}"
+    # the ISA too: VMs of different hosts share names such as "Intel(R) Xeon(R) Processor"
+    return f"{cpu_model()} [{' '.join(isa())}] | torch {torch.__version__}"
 
 
 def _read_cache() -> dict[str, Any]:
@@ -281,7 +293,11 @@ def forget_machine() -> None:
     with _LOCK:
         machines = _read_cache()
         if machines.pop(_machine_key(), None) is not None:
-            write_json(cache_path(), {"version": 1, "machines": machines})
+            try:
+                write_json(cache_path(), {"version": 1, "machines": machines})
+            except OSError as err:
+                warnings.warn(f"cannot rewrite the linear-backend cache {cache_path()} ({err})", BackendWarning,
+                              stacklevel=2)
 
 
 def reset() -> None:
@@ -349,8 +365,10 @@ def choose(module: BackendLinear, rows: int) -> str:
                 warnings.warn(f"linear kernel {c.name} is outside its rounding-error bound for a "
                               f"{module.out_features}x{module.in_features} weight on this machine; not used",
                               BackendWarning, stacklevel=2)
-        if not runs:
-            raise BackendError(f"no linear kernel for {'+'.join(storages)} weights passed its accuracy check")
+        if not runs:  # not even the default: run it anyway (it is what PyTorch does), uncached, and say so
+            warnings.warn(f"no linear kernel for {'+'.join(storages)} weights passed its accuracy check on this "
+                          f"machine; using {options[0].name}", BackendWarning, stacklevel=2)
+            return options[0].name
         timings = {}
         for storage in storages:  # each format is timed on its own input dtype
             group = {n: r for n, r in runs.items() if _BY_NAME[n].storage == storage}
@@ -389,6 +407,8 @@ class BackendLinear(nn.Linear):
             return formats
         if self.bias is not None or self.weight.device.type != "cpu":  # the kernels take no bias; CPU only
             return ()
+        if self.weight.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+            return ()  # the user asked PyTorch for reduced-precision fp32 matmuls: its own path gives them
         return {torch.float32: ("fp32",), torch.bfloat16: ("bf16",)}.get(self.weight.dtype, ())
 
     def stored_weight(self, storage: str) -> Tensor:
@@ -406,13 +426,13 @@ class BackendLinear(nn.Linear):
         self.__dict__.setdefault("_t5kit_packs", {})[name] = (self._version(), packed)
         _STATEFUL.add(self)
 
-    def _plan(self, key: int) -> _Plan:
+    def _plan(self, key: int) -> _Plan:  # key: the row bucket
         version = self._version()
         plans = {k: p for k, p in self.__dict__.get("_t5kit_plans", {}).items() if p.version == version}
         if not self.storages():
             plan = _Plan("plain", None, None, version)
         else:
-            kernel = choose(self, bucket(key // max(self.in_features, 1)))
+            kernel = choose(self, key)
             packs = self.__dict__.get("_t5kit_packs", {})
             held = packs.get(kernel)
             if held is None or held[0] != version:
@@ -431,16 +451,21 @@ class BackendLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         # Lean on purpose: ~49 calls per t5-small decoding step, each 10-100 us of matrix work.
         weight = self.weight
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return F.linear(x, weight, self.bias)  # autograd: the plain layer
+        if (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
+                and "_t5kit_storages" not in self.__dict__) or torch.is_autocast_enabled("cpu"):
+            return F.linear(x, weight, self.bias)  # autograd (the kernels have none) or autocast: the plain layer
         plans = self.__dict__.get("_t5kit_plans")
-        key = x.numel()
+        rows = x.numel() // self.in_features if self.in_features else 0
+        key = _BUCKET_OF[rows] if rows < len(_BUCKET_OF) else BUCKETS[-1]
         plan = plans.get(key) if plans is not None else None
         if plan is None or plan.version != (weight.data_ptr(), weight._version):
             plan = self._plan(key)
         if plan.run is None:
             return F.linear(x, weight, self.bias)
         return plan.run(x, plan.packed)
+
+    def __getstate__(self) -> dict:  # pickling: oneDNN's packed tensors cannot be pickled; rebuilt on first call
+        return {k: v for k, v in self.__dict__.items() if k not in _STATE_KEYS}
 
     def __deepcopy__(self, memo: dict) -> BackendLinear:
         clone = self.__class__.__new__(self.__class__)

@@ -133,7 +133,7 @@ def store_weights(model: Any, precision: str) -> Any:
         raise PrecisionError(f"precision {precision} needs a {stored} kernel (fbgemm or oneDNN), which this "
                              f"build of torch {torch.__version__} lacks: use fp32")
     for name, module in model.named_modules():
-        if plain_linear(module):  # nn.Linear, or already on the inference backend
+        if plain_linear(module) and module.bias is None:  # the kernels take no bias: such layers stay fp32
             head = name == "lm_head"
             set_storages(module, (stored, "fp32") if head else (stored,), keep_plain=head)
     model._t5kit_quantized = True
