@@ -356,8 +356,8 @@ def choose(module: BackendLinear, rows: int) -> str:
                               "not used", BackendWarning, stacklevel=2)
                 accurate[c.name] = False
                 continue
-            exact = x.double() @ stored_weight64(module, c.storage).T
-            within = bool(((y - exact).abs() <= error_bound(c.storage, x, stored_weight64(module, c.storage))).all())
+            weight64 = stored_weight64(module, c.storage)  # the head's: 130 MB, built once per candidate
+            within = bool(((y - x.double() @ weight64.T).abs() <= error_bound(c.storage, x, weight64)).all())
             accurate[c.name] = within
             if within:
                 runs[c.name] = (c.run, packed)
@@ -562,12 +562,12 @@ def summary(model: nn.Module) -> str:
     for choice in report(model):
         by_shape.setdefault((choice.storage, choice.shape, choice.modules), []).append(choice)
     for (storage, (out_features, in_features), count), items in by_shape.items():
-        runs: list[str] = []
+        spans: list[list] = []  # [first rows, last rows, kernel]: consecutive buckets with one kernel merged
         for c in items:
-            if runs and runs[-1].endswith(f" {c.kernel}"):
-                start = runs[-1].split()[1].split("-")[0]
-                runs[-1] = f"rows {start}-{c.rows} {c.kernel}"
+            if spans and spans[-1][2] == c.kernel:
+                spans[-1][1] = c.rows
             else:
-                runs.append(f"rows {c.rows} {c.kernel}")
-        lines.append(f"  {storage} {out_features}x{in_features} (x{count}): " + ", ".join(runs))
+                spans.append([c.rows, c.rows, c.kernel])
+        text = ", ".join(f"rows {a}{'' if a == b else f'-{b}'} {k}" for a, b, k in spans)
+        lines.append(f"  {storage} {out_features}x{in_features} (x{count}): {text}")
     return "\n".join(lines)
