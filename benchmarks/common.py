@@ -24,7 +24,7 @@ def set_threads(threads: int) -> None:
 # The instruction-set extensions that decide which CPU kernels are fast here: AVX2 is all an AMD EPYC of
 # #17 had; AVX-512 / VNNI / AMX / AVX512_FP16 are what oneDNN, MKL and fbgemm dispatch on for fp32, int8,
 # bf16 and fp16 (lscpu's flag names).
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16", "avx512_vnni", "avx_vnni")
+from t5kit.kernels.inference.cpu import ISA_FLAGS  # noqa: E402  # the one list of flags that decide a kernel
 
 
 def _lscpu() -> dict[str, str]:
