@@ -234,82 +234,112 @@ def stream(
 # ---------------------------------------------------------------------------------------------- greedy / sampling
 
 
+class SampleState:
+    """The greedy / sampling bookkeeping of one batch of rows, step by step, apart from the model and the cache:
+    what ``_sample_steps`` runs over one cache and the continuous batcher (:mod:`t5kit.generate.continuous`)
+    runs for each request inside a shared one. Rows that end leave (:attr:`keep` says which stay)."""
+
+    def __init__(self, cfg: GenerationConfig, rows: int, vocab: int, generator: torch.Generator | None,
+                 with_scores: bool = False, device: torch.device | str = "cpu"):
+        self.cfg, self.generator = cfg, generator
+        self.max_new = cfg.max_new_tokens
+        self.out = torch.full((rows, self.max_new + 1), cfg.pad_token_id, dtype=torch.long, device=device)
+        self.out[:, 0] = cfg.decoder_start_token_id
+        self.scores = torch.zeros(rows, dtype=torch.float32) if with_scores else None
+        self.lengths = [self.max_new] * rows
+        self.reasons: dict[int, str] = {}
+        self.processors = LogitsProcessors(cfg, vocab)
+        self.needs_history = cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0
+        self.rows = torch.arange(rows, device=device)  # rows still decoding, in cache order
+        self.tokens = self.out[:, :1]  # the next decoder input, one per row still decoding
+        self.step = 0
+        self.done = False
+
+    @property
+    def num_rows(self) -> int:
+        """Rows the next step decodes (the cache rows this state owns)."""
+        return self.rows.numel()
+
+    def advance(self, logits: Tensor) -> tuple[Tensor, Tensor, list[tuple[int, str]], Tensor | None]:
+        """One step from the float32 logits [rows, vocab] of the rows still decoding (modified in place):
+        returns (those rows, their new tokens, [(row, stop reason)] ended now, the positions of the rows
+        that go on, or None when all of them do)."""
+        cfg, step, rows = self.cfg, self.step, self.rows
+        history = self.out[:, : step + 1].index_select(0, rows) if self.needs_history else self.out[:0]
+        scores = self.processors.apply(logits, history, step, in_place=True)
+        if cfg.do_sample:
+            scores = self.processors.warped(scores)
+            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)[:, 0]
+        else:
+            # argmax's rule (the first maximum, NaN first), in a third of its time: 137 us against 411 us for
+            # 16 x 32128 float32 scores (55 -> 23 us for one row), 2 threads, Intel Xeon
+            next_tokens = scores.max(-1).indices
+        if self.scores is not None:
+            chosen = torch.log_softmax(scores, dim=-1).gather(1, next_tokens[:, None])[:, 0]
+            self.scores.index_add_(0, rows, chosen)
+        self.out[rows, step + 1] = next_tokens
+        last = step + 1 == self.max_new
+        finished: list[tuple[int, str]] = []
+        keep = None
+        new_rows, new_tokens = rows, next_tokens
+        if cfg.eos_token_id is not None:
+            done = next_tokens == cfg.eos_token_id
+            if bool(done.any()):
+                for r in rows[done].tolist():
+                    finished.append((r, "eos"))
+                    self.lengths[r] = step + 1
+                keep = (~done).nonzero()[:, 0]
+                rows, next_tokens = rows[keep], next_tokens[keep]
+        if last:
+            finished.extend((r, "length") for r in rows.tolist())
+        self.reasons.update(finished)
+        self.rows, self.tokens = rows, next_tokens[:, None]
+        self.step += 1
+        self.done = last or rows.numel() == 0
+        return new_rows, new_tokens, finished, keep
+
+    def output(self) -> GenerationOutput:
+        longest = max(self.lengths)
+        return GenerationOutput(sequences=self.out[:, : longest + 1],
+                                stop_reasons=[self.reasons[i] for i in range(len(self.lengths))],
+                                scores=self.scores, num_new_tokens=self.lengths)
+
+
 def _sample_steps(
     model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig, with_scores: bool,
     generator: torch.Generator | None, state: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor, list[tuple[int, str]]]]:
     """The greedy/sampling loop: yields (rows, their new tokens, [(row, stop reason) ended this step]).
 
-    ``state`` (if given) receives the output buffer, per-row scores and lengths as they are filled.
+    ``state`` (if given) receives the :class:`SampleState` under ``"state"``.
     """
     copies = cfg.num_return_sequences
     if copies > 1:
         input_ids = input_ids.repeat_interleave(copies, 0)
         attention_mask = attention_mask.repeat_interleave(copies, 0)
-    n = input_ids.shape[0]
-    max_new = cfg.max_new_tokens
-    pad = cfg.pad_token_id
-    eos = cfg.eos_token_id
     encoder_hidden = model.encode(input_ids, attention_mask)
-    cache = model.new_cache(encoder_hidden, attention_mask, max_length=max_new)
+    cache = model.new_cache(encoder_hidden, attention_mask, max_length=cfg.max_new_tokens)
     del encoder_hidden
-    out = torch.full((n, max_new + 1), pad, dtype=torch.long, device=input_ids.device)
-    out[:, 0] = cfg.decoder_start_token_id
-    scores_total = torch.zeros(n, dtype=torch.float32) if with_scores else None
-    lengths = [max_new] * n
+    search = SampleState(cfg, input_ids.shape[0], model.config.vocab_size, generator, with_scores, input_ids.device)
     if state is not None:
-        state.update(out=out, scores=scores_total, lengths=lengths)
-    processors = LogitsProcessors(cfg, model.config.vocab_size)
-    needs_history = cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0
-    rows = torch.arange(n, device=input_ids.device)
-    tokens = out[:, :1]
-    for step in range(max_new):
+        state["state"] = search
+    while True:
         tick()  # the thread count follows a neighbour's load
-        logits = model.decode_step(tokens, cache)[:, -1].float()
-        history = out[:, : step + 1].index_select(0, rows) if needs_history else out[:0]
-        scores = processors.apply(logits, history, step, in_place=True)
-        if cfg.do_sample:
-            scores = processors.warped(scores)
-            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
-        else:
-            # argmax's rule (the first maximum, NaN first), in a third of its time: 137 us against 411 us for
-            # 16 x 32128 float32 scores (55 -> 23 us for one row), 2 threads, Intel Xeon
-            next_tokens = scores.max(-1).indices
-        if with_scores:
-            chosen = torch.log_softmax(scores, dim=-1).gather(1, next_tokens[:, None])[:, 0]
-            scores_total.index_add_(0, rows, chosen)
-        out[rows, step + 1] = next_tokens
-        last = step + 1 == max_new
-        finished: list[tuple[int, str]] = []
-        new_rows, new_tokens = rows, next_tokens
-        if eos is not None:
-            done = next_tokens == eos
-            if bool(done.any()):
-                for r in rows[done].tolist():
-                    finished.append((r, "eos"))
-                    lengths[r] = step + 1
-                keep = (~done).nonzero()[:, 0]
-                rows, next_tokens = rows[keep], next_tokens[keep]
-                if rows.numel() and not last:
-                    cache = cache.select(keep)  # finished rows cost nothing from here on
-        if last:
-            finished.extend((r, "length") for r in rows.tolist())
-        yield new_rows, new_tokens, finished
-        if last or rows.numel() == 0:
+        logits = model.decode_step(search.tokens, cache)[:, -1].float()
+        rows, tokens, finished, keep = search.advance(logits)
+        if keep is not None and not search.done:
+            cache = cache.select(keep)  # finished rows cost nothing from here on
+        yield rows, tokens, finished
+        if search.done:
             return
-        tokens = next_tokens[:, None]
 
 
 def _sample(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig, with_scores: bool,
             generator: torch.Generator | None) -> GenerationOutput:
     state: dict[str, Any] = {}
-    reasons: dict[int, str] = {}
-    for _, _, finished in _sample_steps(model, input_ids, attention_mask, cfg, with_scores, generator, state):
-        reasons.update(finished)
-    out, lengths = state["out"], state["lengths"]
-    longest = max(lengths)
-    return GenerationOutput(sequences=out[:, : longest + 1], stop_reasons=[reasons[i] for i in range(len(lengths))],
-                            scores=state["scores"], num_new_tokens=lengths)
+    for _ in _sample_steps(model, input_ids, attention_mask, cfg, with_scores, generator, state):
+        pass
+    return state["state"].output()
 
 
 # ---------------------------------------------------------------------------------------------- beam search
@@ -332,77 +362,85 @@ def _top_continuations(scores: Tensor, k: int, beams: int) -> tuple[Tensor, Tens
     return torch.topk(scores, k)
 
 
-def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig, with_scores: bool,
-                 generator: torch.Generator | None) -> GenerationOutput:
-    """transformers' (5.x) vectorised beam search, operation for operation, on t5kit's cache.
+class BeamState:
+    """transformers' (5.x) vectorised beam search, operation for operation, apart from the model and the cache.
 
     State per input item: ``num_beams`` running hypotheses and ``num_beams`` finished slots. Each step
     takes the top 2*num_beams continuations of all running beams, moves those that end (EOS or length
     limit) and rank in the top num_beams into the finished slots when they beat them, and keeps the best
     num_beams unfinished ones running. An item whose finished slots can no longer change (all slots full
     and, by the early-stopping heuristic, no running beam can beat them) leaves the compute batch.
+
+    ``_beam_search`` runs it over one cache; the continuous batcher runs one per request in a shared cache.
     """
-    batch = input_ids.shape[0]
-    K = cfg.num_beams
-    max_new = cfg.max_new_tokens
-    max_len = max_new + 1  # decoder start + generated
-    eos = cfg.eos_token_id
-    device = input_ids.device
-    fill = cfg.pad_token_id if cfg.pad_token_id else (eos if eos is not None else -1)  # transformers' fill value
-    beams_to_keep = max(2, 1 + (1 if eos is not None else 0)) * K
-    top_num_beam_mask = torch.cat((torch.ones(K, dtype=torch.bool), torch.zeros(beams_to_keep - K, dtype=torch.bool)))
-    processors = LogitsProcessors(cfg, model.config.vocab_size)
-    sampling = cfg.do_sample
 
-    encoder_hidden = model.encode(input_ids, attention_mask)
-    cache = model.new_cache(encoder_hidden, attention_mask, max_length=max_new)
-    del encoder_hidden
+    def __init__(self, cfg: GenerationConfig, items: int, vocab: int, generator: torch.Generator | None,
+                 device: torch.device | str = "cpu"):
+        self.cfg, self.generator, self.vocab = cfg, generator, vocab
+        K = self.K = cfg.num_beams
+        self.max_new = cfg.max_new_tokens
+        self.max_len = max_len = self.max_new + 1  # decoder start + generated
+        eos = cfg.eos_token_id
+        self.fill = cfg.pad_token_id if cfg.pad_token_id else (eos if eos is not None else -1)  # transformers'
+        self.beams_to_keep = max(2, 1 + (1 if eos is not None else 0)) * K
+        self.top_num_beam_mask = torch.cat((torch.ones(K, dtype=torch.bool),
+                                            torch.zeros(self.beams_to_keep - K, dtype=torch.bool)))
+        self.processors = LogitsProcessors(cfg, vocab)
+        self.running_sequences = torch.full((items, K, max_len), self.fill, dtype=torch.long, device=device)
+        self.running_sequences[:, :, 0] = cfg.decoder_start_token_id
+        self.sequences = self.running_sequences.clone()
+        self.running_beam_scores = torch.zeros((items, K), dtype=torch.float32, device=device)
+        self.running_beam_scores[:, 1:] = -1e9
+        self.beam_scores = torch.full((items, K), -1e9, dtype=torch.float32, device=device)
+        self.is_sent_finished = torch.zeros((items, K), dtype=torch.bool, device=device)
+        self.unsatisfied = torch.ones((items, 1), dtype=torch.bool, device=device)
+        self.final_sequences = torch.full((items, K, max_len), self.fill, dtype=torch.long, device=device)
+        self.final_scores = torch.full((items, K), -1e9, dtype=torch.float32, device=device)
+        self.items = torch.arange(items, device=device)  # input items still in the compute batch
+        self.cur_len = 1
+        self.done = False
 
-    running_sequences = torch.full((batch, K, max_len), fill, dtype=torch.long, device=device)
-    running_sequences[:, :, 0] = cfg.decoder_start_token_id
-    sequences = running_sequences.clone()
-    running_beam_scores = torch.zeros((batch, K), dtype=torch.float32, device=device)
-    running_beam_scores[:, 1:] = -1e9
-    beam_scores = torch.full((batch, K), -1e9, dtype=torch.float32, device=device)
-    is_sent_finished = torch.zeros((batch, K), dtype=torch.bool, device=device)
-    unsatisfied = torch.ones((batch, 1), dtype=torch.bool, device=device)
+    @property
+    def num_rows(self) -> int:
+        """Decoder rows the next step decodes: num_beams per item still running."""
+        return self.items.numel() * self.K
 
-    final_sequences = torch.full((batch, K, max_len), fill, dtype=torch.long, device=device)
-    final_scores = torch.full((batch, K), -1e9, dtype=torch.float32, device=device)
-    items = torch.arange(batch, device=device)  # input items still in the compute batch
+    def next_input(self) -> Tensor:
+        """The decoder input of every running beam [items * beams, 1]."""
+        return self.running_sequences.view(-1, self.max_len)[:, self.cur_len - 1: self.cur_len]
 
-    # The first step: every beam of an item is the same decoder start, so decode one row per item and
-    # then give each beam its own copy of the cache.
-    logits = model.decode_step(running_sequences[:, 0, :1], cache)[:, -1].float()
-    logits = logits.repeat_interleave(K, 0)
-    cache = cache.expand_beams(K)
-    cur_len = 1
-    while True:
-        tick()  # the thread count follows a neighbour's load
-        b = items.numel()
+    def advance(self, logits: Tensor) -> tuple[Tensor, Tensor | None] | None:
+        """One step from the float32 logits [items * beams, vocab] of the running beams. Returns None when
+        the search has ended, else the cache reorder (``rows``: new row r continues old row rows[r];
+        ``items``: the old item indices kept, None when all are)."""
+        cfg, K, max_len, cur_len = self.cfg, self.K, self.max_len, self.cur_len
+        device = logits.device
+        b = self.items.numel()
         vocab = logits.shape[-1]
         log_probs = torch.log_softmax(logits, dim=-1)
-        flat_running = running_sequences.view(b * K, max_len)[:, :cur_len]
-        log_probs = processors.apply(log_probs, flat_running, cur_len - 1, in_place=True)
-        if sampling:
-            log_probs = processors.warped(log_probs, beam_sampling=True)
-        log_probs = log_probs.view(b, K, vocab) + running_beam_scores[:, :, None]
+        flat_running = self.running_sequences.view(b * K, max_len)[:, :cur_len]
+        log_probs = self.processors.apply(log_probs, flat_running, cur_len - 1, in_place=True)
+        if cfg.do_sample:
+            log_probs = self.processors.warped(log_probs, beam_sampling=True)
+        log_probs = log_probs.view(b, K, vocab) + self.running_beam_scores[:, :, None]
         log_probs = log_probs.reshape(b, K * vocab)
 
         # c. top-K continuations
-        if sampling:
-            topk_indices = torch.multinomial(torch.softmax(log_probs, dim=-1), beams_to_keep, generator=generator)
+        if cfg.do_sample:
+            topk_indices = torch.multinomial(torch.softmax(log_probs, dim=-1), self.beams_to_keep,
+                                             generator=self.generator)
             topk_log_probs = torch.gather(log_probs, 1, topk_indices)
             topk_log_probs, order = topk_log_probs.sort(dim=-1, descending=True)
             topk_indices = topk_indices.gather(-1, order)
         else:
-            topk_log_probs, topk_indices = _top_continuations(log_probs, beams_to_keep, K)
+            topk_log_probs, topk_indices = _top_continuations(log_probs, self.beams_to_keep, K)
         topk_beam = topk_indices // vocab
         topk_ids = topk_indices % vocab
-        topk_running_sequences = torch.take_along_dim(running_sequences, topk_beam[:, :, None], dim=1)
+        topk_running_sequences = torch.take_along_dim(self.running_sequences, topk_beam[:, :, None], dim=1)
         topk_running_sequences[:, :, cur_len] = topk_ids
 
         # d. which continuations end here
+        eos = cfg.eos_token_id
         hits = topk_ids == eos if eos is not None else torch.zeros_like(topk_ids, dtype=torch.bool)
         if cur_len + 1 >= max_len:
             hits = torch.ones_like(hits)
@@ -410,79 +448,121 @@ def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: Gen
         # e. the best unfinished continuations keep running
         topk_running_log_probs = topk_log_probs + hits.to(torch.float32) * -1.0e9
         next_topk = torch.topk(topk_running_log_probs, k=K)[1]
-        running_sequences = torch.take_along_dim(topk_running_sequences, next_topk[:, :, None], dim=1)
-        running_beam_scores = torch.take_along_dim(topk_running_log_probs, next_topk, dim=1)
+        self.running_sequences = torch.take_along_dim(topk_running_sequences, next_topk[:, :, None], dim=1)
+        self.running_beam_scores = torch.take_along_dim(topk_running_log_probs, next_topk, dim=1)
         source_beam = torch.take_along_dim(topk_beam, next_topk, dim=1)
 
         # f. finished slots take new endings that beat them
-        did_finish = hits & top_num_beam_mask[None, :]
+        did_finish = hits & self.top_num_beam_mask[None, :]
         scored = topk_log_probs / cfg.penalty(cur_len)
-        full = torch.all(is_sent_finished, dim=-1, keepdim=True) & (cfg.early_stopping is True)
+        full = torch.all(self.is_sent_finished, dim=-1, keepdim=True) & (cfg.early_stopping is True)
         scored = scored + full.to(torch.float32) * -1.0e9
-        scored = scored + (~unsatisfied).to(torch.float32) * -1.0e9
+        scored = scored + (~self.unsatisfied).to(torch.float32) * -1.0e9
         scored = scored + (~did_finish) * -1.0e9
-        merged_sequences = torch.cat((sequences, topk_running_sequences), dim=1)
-        merged_scores = torch.cat((beam_scores, scored), dim=1)
-        merged_finished = torch.cat((is_sent_finished, did_finish), dim=1)
+        merged_sequences = torch.cat((self.sequences, topk_running_sequences), dim=1)
+        merged_scores = torch.cat((self.beam_scores, scored), dim=1)
+        merged_finished = torch.cat((self.is_sent_finished, did_finish), dim=1)
         best = torch.topk(merged_scores, k=K)[1]
-        sequences = torch.take_along_dim(merged_sequences, best[:, :, None], dim=1)
-        beam_scores = torch.take_along_dim(merged_scores, best, dim=1)
-        is_sent_finished = torch.take_along_dim(merged_finished, best, dim=1)
+        self.sequences = torch.take_along_dim(merged_sequences, best[:, :, None], dim=1)
+        self.beam_scores = torch.take_along_dim(merged_scores, best, dim=1)
+        self.is_sent_finished = torch.take_along_dim(merged_finished, best, dim=1)
 
-        cur_len += 1
+        self.cur_len = cur_len = cur_len + 1
         # the early-stopping heuristic (transformers' _check_early_stop_heuristic)
         if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
             best_length = max_len - 1
         else:
             best_length = cur_len - 1
-        best_running = running_beam_scores[:, :1] / cfg.penalty(best_length)
-        worst_finished = torch.where(is_sent_finished, torch.min(beam_scores, dim=1, keepdim=True)[0], -1.0e9)
-        unsatisfied = unsatisfied & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
+        best_running = self.running_beam_scores[:, :1] / cfg.penalty(best_length)
+        worst_finished = torch.where(self.is_sent_finished, torch.min(self.beam_scores, dim=1, keepdim=True)[0],
+                                     -1.0e9)
+        self.unsatisfied = self.unsatisfied & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
 
         all_hit = bool(hits.all())
-        alive = unsatisfied[:, 0] & ~(torch.all(is_sent_finished, dim=-1) & (cfg.early_stopping is True))
+        alive = self.unsatisfied[:, 0] & ~(torch.all(self.is_sent_finished, dim=-1) & (cfg.early_stopping is True))
         if all_hit or not bool(alive.any()):
-            final_sequences[items] = sequences
-            final_scores[items] = beam_scores
-            break
+            self.final_sequences[self.items] = self.sequences
+            self.final_scores[self.items] = self.beam_scores
+            self.items = self.items[:0]
+            self.done = True
+            return None
         if not bool(alive.all()):  # items that can no longer change leave the compute batch
             gone = (~alive).nonzero()[:, 0]
-            final_sequences[items[gone]] = sequences[gone]
-            final_scores[items[gone]] = beam_scores[gone]
+            self.final_sequences[self.items[gone]] = self.sequences[gone]
+            self.final_scores[self.items[gone]] = self.beam_scores[gone]
             keep = alive.nonzero()[:, 0]
-            items = items[keep]
-            running_sequences, running_beam_scores = running_sequences[keep], running_beam_scores[keep]
-            sequences, beam_scores = sequences[keep], beam_scores[keep]
-            is_sent_finished, unsatisfied = is_sent_finished[keep], unsatisfied[keep]
+            self.items = self.items[keep]
+            self.running_sequences = self.running_sequences[keep]
+            self.running_beam_scores = self.running_beam_scores[keep]
+            self.sequences, self.beam_scores = self.sequences[keep], self.beam_scores[keep]
+            self.is_sent_finished, self.unsatisfied = self.is_sent_finished[keep], self.unsatisfied[keep]
             source_beam = source_beam[keep]
             row_items, cross_items = keep, keep
         else:
-            row_items, cross_items = torch.arange(items.numel(), device=device), None
-        # reorder the cache: row (item i, beam j) continues old row (old item index, source beam); the
-        # cross-attention rows move only when items leave
+            row_items, cross_items = torch.arange(self.items.numel(), device=device), None
+        # row (item i, beam j) continues old row (old item index, source beam)
         rows = (row_items[:, None] * K + source_beam).reshape(-1)
-        cache = cache.reorder_beams(rows, cross_items)
-        logits = model.decode_step(running_sequences.view(-1, max_len)[:, cur_len - 1: cur_len], cache)[:, -1].float()
+        return rows, cross_items
 
-    nrs = cfg.num_return_sequences
-    chosen = final_sequences[:, :nrs].reshape(batch * nrs, max_len)
-    chosen_scores = final_scores[:, :nrs].reshape(-1)
-    # transformers fills after EOS with EOS when pad is 0; t5kit's layout is pad after EOS.
-    lengths: list[int] = []
-    reasons: list[str] = []
-    body = chosen[:, 1:]
-    for row in range(body.shape[0]):
-        hit = (body[row] == eos).nonzero() if eos is not None else body[row][:0]
-        if hit.numel():
-            length = int(hit[0, 0]) + 1
-            reasons.append("eos")
-        else:
-            length = max_new
-            reasons.append("length")
-        body[row, length:] = cfg.pad_token_id
-        lengths.append(length)
-    longest = max(lengths)
-    return GenerationOutput(sequences=chosen[:, : longest + 1].contiguous(), stop_reasons=reasons,
-                            scores=chosen_scores if with_scores else None, num_new_tokens=lengths)
+    def settled(self) -> tuple[Tensor, Tensor]:
+        """(items still running, how many leading generated tokens of each are settled): the prefix that every
+        running beam and every finished hypothesis of the item share. The answer is one of those hypotheses
+        or a continuation of a running beam, so that prefix is the answer's whatever comes next: what a
+        stream of beam search can send before the search ends."""
+        running = self.running_sequences[:, :, 1: self.cur_len]
+        reference = running[:, :1]
+        same = (running == reference).all(1)
+        finished = self.sequences[:, :, 1: self.cur_len]
+        same &= ((finished == reference) | ~self.is_sent_finished[:, :, None]).all(1)
+        settled = same.to(torch.int32).cumprod(1).sum(1)
+        return self.items, settled
+
+    def output(self, with_scores: bool) -> GenerationOutput:
+        cfg = self.cfg
+        eos = cfg.eos_token_id
+        nrs = cfg.num_return_sequences
+        items = self.final_sequences.shape[0]
+        chosen = self.final_sequences[:, :nrs].reshape(items * nrs, self.max_len)
+        chosen_scores = self.final_scores[:, :nrs].reshape(-1)
+        # transformers fills after EOS with EOS when pad is 0; t5kit's layout is pad after EOS.
+        lengths: list[int] = []
+        reasons: list[str] = []
+        body = chosen[:, 1:]
+        for row in range(body.shape[0]):
+            hit = (body[row] == eos).nonzero() if eos is not None else body[row][:0]
+            if hit.numel():
+                length = int(hit[0, 0]) + 1
+                reasons.append("eos")
+            else:
+                length = self.max_new
+                reasons.append("length")
+            body[row, length:] = cfg.pad_token_id
+            lengths.append(length)
+        longest = max(lengths)
+        return GenerationOutput(sequences=chosen[:, : longest + 1].contiguous(), stop_reasons=reasons,
+                                scores=chosen_scores if with_scores else None, num_new_tokens=lengths)
 
 
+def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig, with_scores: bool,
+                 generator: torch.Generator | None) -> GenerationOutput:
+    """:class:`BeamState` over one cache; items that can no longer change leave the compute batch, and a
+    beam reorder moves only the self-attention rows that change."""
+    K = cfg.num_beams
+    search = BeamState(cfg, input_ids.shape[0], model.config.vocab_size, generator, input_ids.device)
+    encoder_hidden = model.encode(input_ids, attention_mask)
+    cache = model.new_cache(encoder_hidden, attention_mask, max_length=cfg.max_new_tokens)
+    del encoder_hidden
+    # The first step: every beam of an item is the same decoder start, so decode one row per item and
+    # then give each beam its own copy of the cache.
+    logits = model.decode_step(search.running_sequences[:, 0, :1], cache)[:, -1].float()
+    logits = logits.repeat_interleave(K, 0)
+    cache = cache.expand_beams(K)
+    while True:
+        tick()  # the thread count follows a neighbour's load
+        reorder = search.advance(logits)
+        if reorder is None:
+            break
+        rows, cross_items = reorder
+        cache = cache.reorder_beams(rows, cross_items)  # the cross rows move only when items leave
+        logits = model.decode_step(search.next_input(), cache)[:, -1].float()
+    return search.output(with_scores)

@@ -38,6 +38,12 @@ class DecoderCache:
     beams: int = 1  # consecutive decoder rows that share one cross-attention row (beam search)
     # Beam search: one row of self_kv's shape, where a reorder keeps a row of a cycle of rows it moves.
     spare: torch.Tensor | None = None
+    # Continuous batching (:meth:`join`): rows that joined later start at a later column. ``starts`` [batch]
+    # holds each row's first column, ``self_mask`` [batch, max_length] the additive bias that hides the
+    # columns before it (0 where seen, the dtype's min before the start). None: every row starts at 0. T5's
+    # positions are relative, so a row that starts at column s sees exactly what it would see alone.
+    starts: torch.Tensor | None = None
+    self_mask: torch.Tensor | None = None
     self_k: list[torch.Tensor] = field(init=False, repr=False)
     self_v: list[torch.Tensor] = field(init=False, repr=False)
 
@@ -119,7 +125,72 @@ class DecoderCache:
             cross_bias=self.cross_bias.index_select(0, index),
             self_bias_by_distance=self.self_bias_by_distance,
             length=self.length,
+            starts=None if self.starts is None else self.starts.index_select(0, index),
+            self_mask=None if self.self_mask is None else self.self_mask.index_select(0, index),
         )
+
+    # ------------------------------------------------------------------------ continuous batching
+    def join(self, other: DecoderCache) -> DecoderCache:
+        """This cache's rows followed by ``other``'s (a fresh cache, nothing decoded yet), which start at this
+        cache's current column: rows join a batch that is already decoding. Returns a new cache.
+
+        Sources of different lengths share the batch: the narrower cross keys/values are padded with zeros
+        and their padding masked. The joining rows' self-attention columns before their start are zeroed
+        (masked, but an uninitialised NaN would still poison the weighted sum)."""
+        if self.beams != 1 or other.beams != 1:
+            raise ValueError("join works on caches of single rows (beams as rows: expand with select)")
+        if other.length:
+            raise ValueError("only a fresh cache (nothing decoded yet) can join a running one")
+        if self.max_length != other.max_length:
+            raise ValueError(f"caches of {self.max_length} and {other.max_length} positions cannot join")
+        n, m, length = self.batch_size, other.batch_size, self.length
+        width = max(self.cross_bias.shape[-1], other.cross_bias.shape[-1])
+        kv = self.self_kv.new_empty((self.self_kv.shape[0], n + m, *self.self_kv.shape[2:]))
+        if length:
+            kv[:, :n, :, :length] = self.self_kv[:, :, :, :length]
+            kv[:, n:, :, :length] = 0
+        dtype, device = self.cross_bias.dtype, self.cross_bias.device
+        low = torch.finfo(dtype).min
+        mask = torch.zeros((n + m, self.max_length), dtype=dtype, device=device)
+        if self.self_mask is not None:
+            mask[:n] = self.self_mask
+        mask[n:, :length] = low
+        starts = torch.cat([self.starts if self.starts is not None else torch.zeros(n, dtype=torch.long, device=device),
+                            torch.full((m,), length, dtype=torch.long, device=device)])
+        return DecoderCache(
+            self_kv=kv,
+            cross_k=[_cat_padded(a, b, width, 0.0, 2) for a, b in zip(self.cross_k, other.cross_k)],
+            cross_v=[_cat_padded(a, b, width, 0.0, 2) for a, b in zip(self.cross_v, other.cross_v)],
+            cross_bias=_cat_padded(self.cross_bias, other.cross_bias, width, low, 3),
+            self_bias_by_distance=self.self_bias_by_distance,
+            length=length,
+            starts=starts,
+            self_mask=mask,
+        )
+
+    def compact(self) -> int:
+        """Drop the columns that no row sees any more (before the earliest row's start), in place; returns
+        how many. Relative positions make the shift invisible to attention."""
+        if self.starts is None or not self.starts.numel():
+            return 0
+        shift = int(self.starts.min())
+        if shift <= 0:
+            return 0
+        keep = self.length - shift
+        if keep:
+            self.self_kv[:, :, :, :keep] = self.self_kv[:, :, :, shift: self.length].clone()
+        self.length = keep
+        self.starts = self.starts - shift
+        mask = torch.zeros_like(self.self_mask)
+        mask[:, : self.self_mask.shape[1] - shift] = self.self_mask[:, shift:]
+        self.self_mask = mask
+        return shift
+
+    def move_self_rows(self, order: list[int]) -> None:
+        """Row r of the self-attention buffers takes row ``order[r]``'s, in place (the beams of one item,
+        whose cross rows, start and mask are equal, continue one another)."""
+        if self.length:
+            self._move_rows(order)
 
     def expand_beams(self, beams: int) -> DecoderCache:
         """Give each row ``beams`` decoder rows (copies of its self-attention state) sharing its cross row."""
@@ -187,3 +258,15 @@ class DecoderCache:
 
 
 _SPARE = -1  # _move_rows: "read the spare row"
+
+
+def _cat_padded(a: torch.Tensor, b: torch.Tensor, width: int, fill: float, dim: int) -> torch.Tensor:
+    """``a`` and ``b`` stacked by rows, each padded with ``fill`` to ``width`` positions along ``dim``."""
+    parts = []
+    for t in (a, b):
+        if t.shape[dim] < width:
+            shape = list(t.shape)
+            shape[dim] = width - t.shape[dim]
+            t = torch.cat([t, t.new_full(shape, fill)], dim)
+        parts.append(t)
+    return torch.cat(parts, 0)

@@ -145,6 +145,8 @@ class Decoder(_Stack):
                 if cache is not None and new == 1:  # one step: a slice of the table the cache precomputed
                     bias = cache.self_bias_by_distance[i if len(cache.self_bias_by_distance) > 1 else 0]
                     bias = bias[None, :, None, -end:]
+                    if cache.self_mask is not None:  # rows that joined later do not see the columns before them
+                        bias = bias + cache.self_mask[:, None, None, :end]
                 elif packing is not None:
                     bias = bias_in(table.between(positions, positions) + mask, x.dtype)
                 else:

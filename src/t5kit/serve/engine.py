@@ -16,6 +16,7 @@ import torch
 
 from t5kit.data.prefixes import task_options, task_prefixes
 from t5kit.generate import generate, stream
+from t5kit.generate.continuous import ContinuousDecoder, Job
 from t5kit.hub import resolve
 from t5kit.kernels import install as install_kernels
 from t5kit.kernels.inference.precision import check_precision, inference_model
@@ -204,6 +205,27 @@ class Engine:
                     if produced[row] >= limits[row]:
                         ended[row] = True
                         yield row, None, "length"
+
+    # --------------------------------------------------------------------------------- continuous batching
+    def options(self, settings: DecodingSettings, max_new_tokens: int) -> dict[str, Any]:
+        """``generate`` options of a request: its settings, its length, the tokens the tokenizer cannot decode."""
+        options = settings.generate_options()
+        options["max_new_tokens"] = int(max_new_tokens)
+        if self.undecodable:
+            options["suppress_tokens"] = tuple(options.get("suppress_tokens", ())) + self.undecodable
+        return options
+
+    def job(self, rows: Sequence[Any], tag: Any = None) -> Job:
+        """The :class:`~t5kit.generate.continuous.Job` of one request's rows (``t5kit.serve.batcher.Row``:
+        same settings and length), for :class:`t5kit.serve.continuous.ContinuousBatcher`."""
+        settings = rows[0].settings
+        assert isinstance(settings, DecodingSettings)
+        generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
+        return Job([list(r.ids) for r in rows], self.options(settings, rows[0].max_new_tokens), generator, tag)
+
+    def continuous_decoder(self, max_new_tokens: int) -> ContinuousDecoder:
+        """A decoder whose running batch requests join and leave step by step (one per model worker)."""
+        return ContinuousDecoder(self.model, max_new_tokens)
 
     def _pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
