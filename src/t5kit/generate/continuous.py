@@ -90,12 +90,13 @@ class ContinuousDecoder:
     running row, :meth:`drop` to stop a job. Not thread-safe: one caller thread (the server's model worker).
     """
 
-    def __init__(self, model: Any, max_new_tokens: int):
+    def __init__(self, model: Any, max_new_tokens: int, max_rows: int = 32):
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self.model = model
         self.max_new_tokens = int(max_new_tokens)
         self.capacity = ROOM_FACTOR * self.max_new_tokens
+        self.max_rows = int(max_rows)  # rows the cache keeps room for (more are allocated when a job needs them)
         self.jobs: list[Job] = []
         self.cache: Any = None
         self.eos = model.config.eos_token_id
@@ -159,7 +160,7 @@ class ContinuousDecoder:
                     job.state = SampleState(cfg, job.rows, vocab, job.generator, False, device)
             if repeats != list(range(len(sources))):
                 cache = cache.select(torch.tensor(repeats, device=device))
-            self.cache = cache if self.cache is None else self.cache.join(cache)
+            self.cache = cache if self.cache is None else self.cache.join(cache, self.max_rows)
         self.jobs.extend(jobs)
 
     def drop(self, job: Job) -> None:
@@ -177,7 +178,8 @@ class ContinuousDecoder:
             self.cache = None
             return
         keep = [r for r in range(self.cache.batch_size) if not offset <= r < offset + n]
-        self.cache = self.cache.select(torch.tensor(keep, device=self.model.device))
+        with torch.inference_mode():  # the cache's tensors are inference tensors
+            self.cache.keep_rows(keep, keep)
 
     def clear(self) -> list[Job]:
         """Forget every job (after a failure); returns them."""
@@ -200,33 +202,30 @@ class ContinuousDecoder:
             logits = self.model.decode_step(torch.cat(inputs) if len(inputs) > 1 else inputs[0], cache)[:, -1]
             logits = logits.float()
             events: list[Event] = []
-            parts: list[Tensor] = []
-            resized = permuted = False
+            rows: list[int] = []  # new row r continues old row rows[r] ...
+            cross_rows: list[int] = []  # ... and takes old row cross_rows[r]'s cross attention (ascending)
             offset = 0
             for job in self.jobs:
                 n = job.state.num_rows
                 mine = logits[offset: offset + n]
                 if isinstance(job.state, SampleState):
-                    part, changed = self._advance_sample(job, mine, events)
+                    kept = self._advance_sample(job, mine, events)
+                    rows.extend(offset + r for r in kept)
+                    cross_rows.extend(offset + r for r in kept)
                 else:
-                    part, changed = self._advance_beam(job, mine, events)
-                if part is not None:
-                    parts.append(part + offset)
-                    permuted |= changed == "permuted"
-                    resized |= changed == "resized"
-                else:
-                    resized = True
+                    kept, kept_cross = self._advance_beam(job, mine, events)
+                    rows.extend(offset + r for r in kept)
+                    cross_rows.extend(offset + r for r in kept_cross)
                 offset += n
             self.jobs = [job for job in self.jobs if not job.state.done]
             if not self.jobs:
                 self.cache = None
-            elif resized:
-                self.cache = cache.select(torch.cat(parts))
-            elif permuted:
-                cache.move_self_rows(torch.cat(parts).tolist())
+            elif rows != list(range(offset)):
+                cache.keep_rows(rows, cross_rows)
         return events
 
-    def _advance_sample(self, job: Job, logits: Tensor, events: list[Event]) -> tuple[Tensor | None, str]:
+    def _advance_sample(self, job: Job, logits: Tensor, events: list[Event]) -> list[int]:
+        """Advance a greedy / sampled job; returns the positions (within the job) of its rows that go on."""
         state = job.state
         rows, tokens, finished, keep = state.advance(logits)
         for r, t in zip(rows.tolist(), tokens.tolist()):
@@ -235,16 +234,17 @@ class ContinuousDecoder:
         for r, reason in finished:
             events.append(Event(job, r, None, reason))
         if state.done:
-            return None, "resized"
-        if keep is None:
-            return torch.arange(state.num_rows, device=logits.device), ""
-        return keep, "resized"
+            return []
+        return list(range(rows.numel())) if keep is None else keep.tolist()
 
-    def _advance_beam(self, job: Job, logits: Tensor, events: list[Event]) -> tuple[Tensor | None, str]:
+    def _advance_beam(self, job: Job, logits: Tensor, events: list[Event]) -> tuple[list[int], list[int]]:
+        """Advance a beam job; returns (the old row each new row continues, a row of the same item for its
+        cross attention), positions within the job. Streams each item's settled tokens."""
         state = job.state
+        K = state.K
         if job.first_step:  # every beam of a source starts from the same decoder start: one row's logits each
             job.first_step = False
-            logits = logits.view(-1, state.K, logits.shape[-1])[:, 0].repeat_interleave(state.K, 0)
+            logits = logits.view(-1, K, logits.shape[-1])[:, 0].repeat_interleave(K, 0)
         reorder = state.advance(logits)
         if reorder is None:
             out = state.output(False)
@@ -254,22 +254,17 @@ class ContinuousDecoder:
                     if t != self.eos:
                         events.append(Event(job, i, t))
                 events.append(Event(job, i, None, out.stop_reasons[i]))
-            return None, "resized"
+            return [], []
         rows, cross_items = reorder
         items, settled = state.settled()
-        for item, count in zip(items.tolist(), settled.tolist()):
+        for position, (item, count) in enumerate(zip(items.tolist(), settled.tolist())):
             if count > job.sent[item]:
-                position = int((state.items == item).nonzero()[0, 0])
-                new = state.running_sequences[position, 0, 1 + job.sent[item]: 1 + count].tolist()
-                for t in new:
+                for t in state.running_sequences[position, 0, 1 + job.sent[item]: 1 + count].tolist():
                     if t == self.eos:
                         break
                     events.append(Event(job, item, t))
                     job.sent[item] += 1
-        if cross_items is not None:
-            return rows, "resized"
-        same = bool((rows == torch.arange(rows.numel(), device=rows.device)).all())
-        return rows, "" if same else "permuted"
-
+        old_items = cross_items.tolist() if cross_items is not None else range(rows.numel() // K)
+        return rows.tolist(), [item * K + beam for item in old_items for beam in range(K)]
 
 __all__ = ["ContinuousDecoder", "Event", "Job", "ROOM_FACTOR"]
