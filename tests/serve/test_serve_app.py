@@ -83,7 +83,7 @@ def test_health_models_openapi_and_playground(client):
     assert model["config"]["d_model"] == 64 and model["parameters"] > 0
     assert "translate_en_de" in model["tasks"]
     assert models["limits"]["max_new_tokens"] == LIMITS["max_new_tokens"]
-    assert models["batching"] == {"max_batch_size": 16, "batch_wait_ms": 60.0, "enabled": True}
+    assert models["batching"] == {"mode": "static", "max_batch_size": 16, "batch_wait_ms": 60.0, "enabled": True}
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     body_schema = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
@@ -331,6 +331,65 @@ def test_graceful_shutdown_finishes_requests_in_flight(live):
     s.thread.join(BOUND_S)
     assert not s.thread.is_alive(), "the server did not stop after its last request"
     assert s.app.state.batcher.close(0)  # the worker drained and stopped with the app
+
+
+def test_queue_limit_answers_503_with_retry_after(live):
+    s = live("--max-queue-rows", "4")
+    s.gate.shut()
+    blocker, first = s.post_in_thread({"inputs": "first", "parameters": {"max_new_tokens": 4}})
+    wait_until(s.gate.held.is_set, "the first batch reaching the gate")  # the worker holds it: nothing dequeues
+    queued = [s.post_in_thread({"inputs": [f"a {i}", f"b {i}"], "parameters": {"max_new_tokens": 4}}) for i in range(2)]
+    wait_until(lambda: s.metrics.value("t5kit_queue_depth") == 4, "four rows queued")
+    r = httpx.post(s.url + "/v1/generate", json={"inputs": "one more"}, timeout=BOUND_S)
+    assert r.status_code == 503, r.text
+    retry = r.headers["retry-after"]
+    assert retry.isdigit() and int(retry) >= 1
+    error = r.json()["error"]
+    assert error["code"] == "overloaded" and error["limit"] == "max_queue_rows" and error["value"] == 4
+    assert error["retry_after_s"] == int(retry)
+    assert "4 rows are waiting and this request adds 1" in error["message"] and "max_queue_rows=4" in error["message"]
+    # a request that could never queue is not told to retry
+    r = httpx.post(s.url + "/v1/generate", json={"inputs": ["x"] * 5}, timeout=BOUND_S)
+    assert r.status_code == 422 and r.json()["error"]["limit"] == "max_queue_rows" and "retry-after" not in r.headers
+    assert s.metrics.value("t5kit_limit_rejections_total", limit="max_queue_rows") == 2
+    assert s.metrics.value("t5kit_requests_total", mode="json", status="503") == 1
+    s.gate.open()
+    for thread, result in [(blocker, first), *queued]:
+        thread.join(BOUND_S)
+        assert result.get("status") == 200, result
+    r = httpx.post(s.url + "/v1/generate", json={"inputs": "one more", "parameters": {"max_new_tokens": 4}},
+                   timeout=BOUND_S)
+    assert r.status_code == 200, r.text  # room again
+
+
+@pytest.mark.parametrize(
+    "excess, rate, seconds",
+    [(10, None, 1), (10, 0.0, 1), (10, 20.0, 1), (10, 4.0, 3), (1000, 0.5, 60), (1, 1e-9, 60)],
+)
+def test_retry_after_is_the_time_to_drain_the_excess(excess, rate, seconds):
+    from t5kit.serve.app import retry_after
+
+    assert retry_after(excess, rate) == seconds
+
+
+def test_batching_mode_choices_come_from_the_batcher_table(live, checkpoint):
+    from t5kit.cli import build_parser
+    from t5kit.serve import Engine, create_app
+    from t5kit.serve.app import BATCHERS
+    from t5kit.serve.batcher import BatcherError
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # noqa: SLF001
+    flag = next(a for a in serve._actions if "--batching" in a.option_strings)  # noqa: SLF001
+    assert tuple(flag.choices) == tuple(BATCHERS) and "static" in flag.choices and "nope" not in flag.choices
+    assert ", ".join(BATCHERS) in serve.format_help()
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        build_parser().parse_args(["serve", "--batching", "nope"])
+    with pytest.raises(BatcherError, match="batching .* must be one of static"):
+        create_app(Engine.load(str(checkpoint)), batching="nope")
+    s = live("--batching", "static", "--max-batch-size", "8")
+    assert isinstance(s.app.state.batcher, BATCHERS["static"])
+    batching = httpx.get(s.url + "/v1/models", timeout=10).json()["batching"]
+    assert batching == {"mode": "static", "max_batch_size": 8, "batch_wait_ms": 5.0, "enabled": True}
 
 
 def test_precision_choices_are_the_shared_ones(live):

@@ -17,6 +17,7 @@ from t5kit.serve.schema import (  # noqa: E402
     check_request,
     parameters_model,
     parse_request,
+    read_json,
 )
 
 SERVER_OWN = {"seed"}  # request parameters that are not GenerationConfig fields
@@ -74,3 +75,27 @@ def test_checked_request_carries_options_limits_and_seed():
     assert checked.options["temperature"] == 0.7 and "max_new_tokens" not in checked.options
     assert set(checked.options) == set(GenerateParameters.model_fields) - SERVER_OWN - {"max_new_tokens"}
     assert check_request(request(seed=3), Limits()).seed is None  # greedy needs no seed: batched with others
+
+
+@pytest.mark.parametrize(
+    "raw, status, message",
+    [
+        (b'{"parameters": {"x": [1, NaN]}}', 400, "parameters.x[1]: NaN is not JSON"),
+        (b'{"a": [{"b": "\\udc00"}]}', 422, r"a[0].b: holds a lone UTF-16 surrogate \udc00 at character 0"),
+        (b'{"a": {"k": 1, "k": 2}}', 422, 'a: the key "k" is given more than once'),
+        (b'[1, 2, -99999999999999999999]', 422, "[2]: the integer -99999999999999999999 is out of range"),
+    ],
+)
+def test_read_json_names_where_a_refused_value_is(raw, status, message):
+    with pytest.raises(APIError) as err:
+        read_json(raw)
+    assert err.value.status == status and err.value.body["message"].startswith(message), err.value.body
+
+
+def test_read_json_keeps_what_json_keeps():
+    assert read_json(b'\xef\xbb\xbf{"a": [1, 2.5, -9223372036854775808, "\\ud83d\\ude00", null]}') == {
+        "a": [1, 2.5, -(2**63), "\U0001f600", None]
+    }
+    many = b"{" + b",".join(b'"k": %d' % i for i in range(50_000)) + b"}"  # duplicates found in linear time
+    with pytest.raises(APIError, match='the key "k" is given more than once'):
+        read_json(many)

@@ -16,8 +16,30 @@ example:
 
 Open http://127.0.0.1:8000/ for the playground, /docs for the API reference, /metrics for
 Prometheus. Requests arriving within --batch-wait-ms of each other are decoded together, up to
---max-batch-size rows; --no-batching decodes one input at a time (for comparison).
+--max-batch-size rows; --no-batching decodes one input at a time (for comparison). Over
+--max-queue-rows rows waiting, requests are answered 503 with Retry-After.
 """
+
+
+class BatcherNames:
+    """The keys of ``t5kit.serve.app.BATCHERS``, read only when argparse checks or shows them: that module
+    imports fastapi, which the other commands (and ``t5kit --help``) neither need nor should pay for. Without
+    the serve extra any name passes here, and ``t5kit serve`` then says the extra is missing."""
+
+    def _names(self) -> tuple[str, ...] | None:
+        try:
+            from t5kit.serve.app import BATCHERS
+        except ImportError:
+            return None
+        return tuple(BATCHERS)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._names() or ())
+
+    def __contains__(self, name: object) -> bool:
+        names = self._names()
+        return names is None or name in names
+
 
 
 def _default_model() -> str | None:
@@ -61,13 +83,15 @@ def make_app(args: argparse.Namespace) -> Any:
         max_body_bytes=args.max_body_bytes,
         request_timeout_s=args.request_timeout,
         max_num_beams=args.max_num_beams,
+        max_queue_rows=args.max_queue_rows,
     )
     for name, value in vars(limits).items():
         if value <= 0:
             raise T5kitError(f"--{name.replace('_', '-')} must be positive, got {value}")
     engine = Engine.load(model, dtype=args.dtype, name=args.name, precision=args.precision)
     max_batch = 1 if args.no_batching else args.max_batch_size
-    return create_app(engine, limits, max_batch_size=max_batch, batch_wait_ms=args.batch_wait_ms)
+    chosen = {"batching": args.batching} if args.batching else {}  # else create_app's default
+    return create_app(engine, limits, max_batch_size=max_batch, batch_wait_ms=args.batch_wait_ms, **chosen)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -84,7 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
     app = make_app(args)
     engine, batcher, limits = app.state.engine, app.state.batcher, app.state.limits
     max_batch = batcher.max_batch_size
-    batching = "off" if max_batch == 1 else f"up to {max_batch} rows, {args.batch_wait_ms:g} ms window"
+    window = f"{args.batch_wait_ms:g} ms window"
+    batching = "off" if max_batch == 1 else f"{app.state.batching}, up to {max_batch} rows, {window}"
     print(
         f"t5kit serve: {engine.name} ({engine.model.num_parameters() / 1e6:.1f}M parameters"
         f"{', ' + engine.precision if engine.precision else ''}), batching "
@@ -126,6 +151,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     g = p.add_argument_group("batching")
     g.add_argument(
+        "--batching",
+        choices=BatcherNames(),
+        metavar="MODE",
+        help="how rows are batched: %(choices)s (default: the server's; GET /v1/models says which)",
+    )
+    g.add_argument(
         "--max-batch-size", type=int, default=32, help="rows decoded together at most (default 32)"
     )
     g.add_argument(
@@ -143,5 +174,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size (1000000)")
     g.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request (60)")
     g.add_argument("--max-num-beams", type=int, default=16, help="beams one request may ask for (16)")
+    g.add_argument("--max-queue-rows", type=int, default=256, help="rows waiting; over it 503 + Retry-After (256)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)

@@ -6,13 +6,22 @@ and FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``. What a request may sa
 in ``t5kit.serve.schema``, the counters in ``t5kit.serve.metrics``.
 
 The model runs on the batcher's single worker thread; handlers only tokenize, queue rows and wait on an
-asyncio queue fed from that thread, so the event loop stays free to accept and stream.
+asyncio queue fed from that thread, so the event loop stays free to accept and stream. Which batcher is
+``BATCHERS[batching]``; each has ``start()``, ``submit(rows)`` (``BatcherClosed`` once closing),
+``close(timeout) -> bool``, ``queue_depth``, ``rows_running``, ``max_batch_size``, ``batch_wait`` (seconds)
+and ``on_batch``.
+
+``POST /v1/generate`` takes ``Content-Type: application/json`` (or ``+json``) only, else 415: a browser
+sends a cross-site POST without asking first (no CORS preflight) only with a form or ``text/plain`` type or
+none, so a web page cannot make a visitor's browser spend this server's model time. Over
+``max_queue_rows`` rows waiting, a request is answered 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from t5kit import __version__
 from t5kit.errors import T5kitError
 from t5kit.pipeline import TextStream
-from t5kit.serve.batcher import Batcher, BatcherClosed, Row, RowEvent, Ticket
+from t5kit.serve.batcher import Batcher, BatcherClosed, BatcherError, Row, RowEvent, Ticket
 from t5kit.serve.engine import DecodingSettings, Engine
 from t5kit.serve.metrics import Metrics
 from t5kit.serve.schema import (
@@ -44,10 +53,77 @@ from t5kit.serve.schema import (
 )
 
 STATIC = Path(__file__).resolve().parent / "static"
+# name -> batcher class, for create_app(batching=...) and `t5kit serve --batching` (its choices)
+BATCHERS: dict[str, type] = {"static": Batcher}
+RETRY_AFTER_MAX_S = 60  # a client told to wait longer would rather try another server; it can ask again
+JSON_TYPE = "application/json"
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def check_content_type(value: str | None) -> None:
+    """``application/json`` or a ``+json`` type, in UTF-8 if a charset is named; else a 415 (see the module
+    docstring for why a missing type is refused too)."""
+    media, _, params = (value or "").partition(";")
+    media = media.strip().lower()
+    charset = next(
+        (v.strip().strip('"').lower() for k, _, v in (p.partition("=") for p in params.split(";"))
+         if k.strip().lower() == "charset"),
+        None,
+    )
+    if (media == JSON_TYPE or (media.startswith("application/") and media.endswith("+json"))) and charset in (
+        None, "utf-8", "utf8"
+    ):
+        return
+    got = f"Content-Type {value!r}" if value else "no Content-Type"
+    raise APIError(
+        415,
+        "unsupported_media_type",
+        f"the request has {got}; send the body as UTF-8 JSON with the header 'Content-Type: {JSON_TYPE}' "
+        "(curl: -H 'content-type: application/json')",
+    )
+
+
+def retry_after(excess: int, rows_per_second: float | None) -> int:
+    """Seconds until ``excess`` rows have left the queue at ``rows_per_second``, the rate rows were answered
+    lately (the queue drains as fast as rows finish); 1 when none finished lately, at most
+    ``RETRY_AFTER_MAX_S``."""
+    seconds = math.ceil(excess / rows_per_second) if rows_per_second else 1
+    return max(1, min(RETRY_AFTER_MAX_S, seconds))
+
+
+class RowClock:
+    """Time to first token and time per output token of one request, from when its sink saw each event.
+
+    TTFT: from queued to the request's first token (its first end, when no row produced a token). TPOT per
+    row: (end - first token) / (tokens - 1), for rows of two tokens or more and not for beam search, whose
+    tokens all arrive at the end.
+    """
+
+    def __init__(self, metrics: Metrics, rows: int, queued: float, per_token: bool):
+        self.metrics, self.queued, self.per_token = metrics, queued, per_token
+        self.started = False
+        self.first: list[float | None] = [None] * rows
+        self.tokens = [0] * rows
+
+    def saw(self, at: float, event: RowEvent) -> None:
+        if event.kind == "error":
+            return
+        if not self.started:
+            self.started = True
+            self.metrics.first_token(at - self.queued)
+        i = event.index
+        if event.kind == "token":
+            self.tokens[i] += 1
+            if self.first[i] is None:
+                self.first[i] = at
+            return
+        first = self.first[i]
+        self.metrics.row_done(at)
+        if self.per_token and first is not None and self.tokens[i] > 1:
+            self.metrics.per_token((at - first) / (self.tokens[i] - 1))
 
 
 # ------------------------------------------------------------------------------------------------ app
@@ -57,14 +133,18 @@ def create_app(
     max_batch_size: int = 32,
     batch_wait_ms: float = 5.0,
     shutdown_timeout_s: float | None = None,
+    batching: str = "static",
 ) -> FastAPI:
     """The server around ``engine``: a batcher (started with the app, drained on shutdown) and the routes.
 
-    ``max_batch_size=1`` serves without batching. On shutdown (SIGINT/SIGTERM under uvicorn) new
-    connections are refused, requests in flight finish, then the worker drains the queue and stops.
+    ``batching`` names the batcher class in ``BATCHERS``. ``max_batch_size=1`` serves without batching.
+    On shutdown (SIGINT/SIGTERM under uvicorn) new connections are refused, requests in flight finish, then
+    the worker drains the queue and stops.
     """
     limits = limits or Limits()
-    batcher = Batcher(engine, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+    if batching not in BATCHERS:
+        raise BatcherError(f"batching (--batching) must be one of {', '.join(BATCHERS)}, got {batching!r}")
+    batcher = BATCHERS[batching](engine, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
     metrics = Metrics(engine.name, queue_depth=lambda: batcher.queue_depth, rows_running=lambda: batcher.rows_running)
     batcher.on_batch = metrics.batch
     state = {"serial": 0}
@@ -87,10 +167,11 @@ def create_app(
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.limits = limits
+    app.state.batching = batching
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
-        return JSONResponse({"error": err.body}, status_code=err.status)
+        return JSONResponse({"error": err.body}, status_code=err.status, headers=err.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -103,7 +184,9 @@ def create_app(
 
     # -------------------------------------------------------------------------------- parsing
     async def read_body(request: Request) -> bytes:
-        """The body, refused with a 413 as soon as it is known to be over ``max_body_bytes``."""
+        """The body, refused with a 415 unless it is JSON and with a 413 as soon as it is known to be over
+        ``max_body_bytes``."""
+        check_content_type(request.headers.get("content-type"))
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
             raise limit_error(
@@ -141,6 +224,26 @@ def create_app(
                 )
         return ids
 
+    def check_queue(rows: int) -> None:
+        """503 + Retry-After when ``rows`` more would put more than ``max_queue_rows`` in the queue; a 422 when
+        the request alone is over it (waiting would not help)."""
+        limit = limits.max_queue_rows
+        if rows > limit:
+            raise limit_error(422, "max_queue_rows", limit, f"the request has {rows} rows, more than can ever queue")
+        waiting = batcher.queue_depth
+        if waiting + rows <= limit:
+            return
+        retry = retry_after(waiting + rows - limit, metrics.rows_per_second())
+        raise limit_error(
+            503,
+            "max_queue_rows",
+            limit,
+            f"the server is busy: {waiting} rows are waiting and this request adds {rows}; retry in {retry} s",
+            code="overloaded",
+            headers={"Retry-After": str(retry)},
+            retry_after_s=retry,
+        )
+
     # -------------------------------------------------------------------------------- routes
     @app.post(
         "/v1/generate",
@@ -156,8 +259,9 @@ def create_app(
             400: {"description": "malformed JSON"},
             408: {"description": "request_timeout_s exceeded"},
             413: {"description": "max_body_bytes exceeded"},
-            422: {"description": "wrong types, unknown fields or a broken limit"},
-            503: {"description": "shutting down"},
+            415: {"description": "the body is not sent as application/json"},
+            422: {"description": "wrong types, unknown fields, odd text or a broken limit"},
+            503: {"description": "max_queue_rows exceeded (with Retry-After), or shutting down"},
         },
     )
     async def generate(request: Request):  # noqa: ANN202 - JSON or an event stream
@@ -170,22 +274,24 @@ def create_app(
             texts, new_tokens = checked.texts, checked.max_new_tokens
             settings = settings_of(checked.options, new_tokens, checked.seed)
             ids = encode(texts, req.task)
+            check_queue(len(ids))
         except APIError as err:
             if err.body.get("limit"):
                 metrics.rejected(err.body["limit"])
             metrics.request(mode, err.status)
             raise
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[RowEvent] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[float, RowEvent]] = asyncio.Queue()
         ticket = Ticket()
 
-        def sink(event: RowEvent) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+        def sink(event: RowEvent) -> None:  # on the worker thread: the time is when the model produced it
+            loop.call_soon_threadsafe(queue.put_nowait, (time.perf_counter(), event))
 
         rows = [
             Row(ids=r, max_new_tokens=new_tokens, settings=settings, sink=sink, index=i, ticket=ticket)
             for i, r in enumerate(ids)
         ]
+        clock = RowClock(metrics, len(rows), time.perf_counter(), per_token=checked.options["num_beams"] == 1)
         try:
             batcher.submit(rows)
         except BatcherClosed:
@@ -195,12 +301,12 @@ def create_app(
         deadline = loop.time() + limits.request_timeout_s
         if req.stream:
             return StreamingResponse(
-                stream_events(texts, ids, rows, queue, ticket, deadline, start),
+                stream_events(ids, queue, ticket, deadline, start, clock),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
-            outputs = await collect(ids, queue, deadline)
+            outputs = await collect(ids, queue, deadline, clock)
         except APIError as err:
             ticket.cancel()
             metrics.request(mode, err.status)
@@ -223,21 +329,27 @@ def create_app(
             408, "request_timeout_s", limits.request_timeout_s, "the request did not finish in time"
         )
 
-    async def next_event(queue: asyncio.Queue[RowEvent], deadline: float) -> RowEvent:
+    async def next_event(
+        queue: asyncio.Queue[tuple[float, RowEvent]], deadline: float, clock: RowClock
+    ) -> RowEvent:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise timeout_error()
         try:
-            return await asyncio.wait_for(queue.get(), remaining)
+            at, event = await asyncio.wait_for(queue.get(), remaining)
         except asyncio.TimeoutError:
             raise timeout_error() from None
+        clock.saw(at, event)
+        return event
 
-    async def collect(ids: list[list[int]], queue: asyncio.Queue[RowEvent], deadline: float) -> list[Output]:
+    async def collect(
+        ids: list[list[int]], queue: asyncio.Queue[tuple[float, RowEvent]], deadline: float, clock: RowClock
+    ) -> list[Output]:
         tokens: list[list[int]] = [[] for _ in ids]
         outputs: list[Output | None] = [None] * len(ids)
         pending = len(ids)
         while pending:
-            event = await next_event(queue, deadline)
+            event = await next_event(queue, deadline, clock)
             if event.kind == "error":
                 raise APIError(500, "generation_failed", event.error or "generation failed")
             if event.kind == "token":
@@ -254,7 +366,7 @@ def create_app(
             pending -= 1
         return [o for o in outputs if o is not None]
 
-    async def stream_events(texts, ids, rows, queue, ticket, deadline, start) -> AsyncIterator[bytes]:
+    async def stream_events(ids, queue, ticket, deadline, start, clock) -> AsyncIterator[bytes]:
         streams = [TextStream(engine.decode) for _ in ids]
         pending = len(ids)
         total_out = 0
@@ -263,7 +375,7 @@ def create_app(
             yield b": t5kit stream\n\n"  # headers and a first byte at once: the client knows it is queued
             while pending:
                 try:
-                    event = await next_event(queue, deadline)
+                    event = await next_event(queue, deadline, clock)
                 except APIError as err:
                     status = err.status
                     metrics.rejected("request_timeout_s")
@@ -330,6 +442,7 @@ def create_app(
             "data": [engine.describe()],
             "limits": asdict(limits),
             "batching": {
+                "mode": batching,
                 "max_batch_size": batcher.max_batch_size,
                 "batch_wait_ms": batcher.batch_wait * 1000,
                 "enabled": batcher.max_batch_size > 1,
@@ -348,4 +461,4 @@ def create_app(
     return app
 
 
-__all__ = ["APIError", "GenerateRequest", "GenerateResponse", "Limits", "create_app"]
+__all__ = ["BATCHERS", "APIError", "GenerateRequest", "GenerateResponse", "Limits", "create_app"]

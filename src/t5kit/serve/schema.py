@@ -9,11 +9,20 @@ checked with the same words as everywhere else, without a second list to keep in
 Every error is JSON of one shape, ``{"error": {"code", "message", ...}}``; a broken limit also names the
 limit and its value (``"limit": "max_new_tokens", "value": 256``), so a client can adjust without reading
 server logs.
+
+Odd bodies (:func:`read_json`): 400 ``invalid_json`` when the bytes are not JSON we read (not UTF-8, a
+syntax error, ``NaN``/``Infinity``, nesting deeper than ``MAX_JSON_DEPTH``); 422 ``invalid_request`` when
+they are JSON but not a request (a lone UTF-16 surrogate, a number out of range, a key given twice, NUL or
+empty text, wrong types, unknown fields). A UTF-8 byte order mark is skipped (RFC 8259 section 8.1 lets
+a reader ignore it; Windows editors write one).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +38,8 @@ JSON_SCALARS = (bool, int, float, str, type(None))
 # ------------------------------------------------------------------------------------------------ limits
 @dataclass
 class Limits:
-    """What one request may ask for; each is enforced with a 4xx answer naming it."""
+    """What one request may ask for; each is enforced with a 4xx answer naming it (``max_queue_rows``, the
+    rows all requests may have waiting, with a 503 and ``Retry-After``)."""
 
     max_input_tokens: int = 512  # per input, counting the task prefix and EOS
     max_new_tokens: int = 256  # the most a request may ask for
@@ -38,20 +48,24 @@ class Limits:
     max_body_bytes: int = 1_000_000
     request_timeout_s: float = 60.0
     max_num_beams: int = 16  # beam search costs num_beams rows of the batch per input
+    max_queue_rows: int = 256  # rows waiting for the model; over it a request is answered 503 + Retry-After
 
 
 # ------------------------------------------------------------------------------------------------ errors
 class APIError(Exception):
     """An error answered as ``{"error": {...}}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(message)
         self.status = status
+        self.headers = headers
         self.body = {"code": code, "message": message, **extra}
 
 
-def limit_error(status: int, limit: str, value: Any, message: str) -> APIError:
-    return APIError(status, "limit_exceeded", f"{message} (limit {limit}={value})", limit=limit, value=value)
+def limit_error(
+    status: int, limit: str, value: Any, message: str, code: str = "limit_exceeded", **extra: Any
+) -> APIError:
+    return APIError(status, code, f"{message} (limit {limit}={value})", limit=limit, value=value, **extra)
 
 
 # ------------------------------------------------------------------------------------------------ parameters
@@ -125,24 +139,167 @@ class GenerateResponse(BaseModel):
     latency_s: float
 
 
+# ------------------------------------------------------------------------------------------------ reading JSON
+MAX_JSON_DEPTH = 16  # a request nests 3 levels (body -> parameters -> a list); deeper is not a request
+INT64 = 2**63  # every integer a request holds (counts, token ids, seed) must fit torch's int64
+UTF8_BOM = b"\xef\xbb\xbf"
+SURROGATE = re.compile("[\ud800-\udfff]")  # json decodes a pair to one character: what is left is lone
+
+
+class _Refused:
+    """A JSON value the reader parsed but refuses (``NaN``, ``1e999``, a 30-digit integer), kept in place
+    so that :func:`_check_values` can name where it was."""
+
+    def __init__(self, text: str, status: int, code: str, why: str):
+        self.text, self.status, self.code, self.why = text, status, code, why
+
+
+class _Object(dict):
+    """A JSON object, with the keys it was given more than once (the last one wins in ``json``; other
+    parsers keep the first, so a proxy and the server could read two different requests)."""
+
+    duplicates: list[str]
+
+
+def _constant(name: str) -> _Refused:
+    why = f"{name} is not JSON (RFC 8259 has no NaN or Infinity); send a finite number"
+    return _Refused(name, 400, "invalid_json", why)
+
+
+def _float(text: str) -> float | _Refused:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    return _Refused(text, 422, "invalid_request", f"the number {text[:40]} is out of range (it overflows a double)")
+
+
+def _int(text: str) -> int | _Refused:
+    # Checked on the digits first: Python refuses to convert more than 4300 of them (a ValueError), and a
+    # 1 MB integer is quadratic to convert.
+    if len(text) <= 20 and -INT64 <= int(text) < INT64:
+        return int(text)
+    shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
+    return _Refused(text, 422, "invalid_request", f"the integer {shown} is out of range (integers must fit 64 bits)")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    obj.duplicates = [] if len(obj) == len(pairs) else [k for k, n in Counter(k for k, _ in pairs).items() if n > 1]
+    return obj
+
+
+def _where(path: str) -> str:
+    return path or "(body)"
+
+
+def _escaped(text: str) -> str:
+    """Characters that cannot go into a UTF-8 answer (lone surrogates), as the JSON escapes the client sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_values(data: Any) -> None:
+    """Every value the reader refused, every string holding a lone surrogate, every key given twice and any
+    nesting deeper than ``MAX_JSON_DEPTH``, named by where it is (``inputs[0]``, ``parameters.seed``).
+
+    Walks with a stack, not recursion: the body nests up to the parser's own limit (about 1000 levels).
+    """
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, _Refused):
+            raise APIError(value.status, value.code, f"{_where(path)}: {value.why}")
+        if isinstance(value, str):
+            bad = SURROGATE.search(value)
+            if bad:
+                raise APIError(
+                    422,
+                    "invalid_request",
+                    f"{_where(path)}: holds a lone UTF-16 surrogate {_escaped(bad.group())} at character "
+                    f"{bad.start()}, which is not a Unicode character; send the character itself or a "
+                    "complete surrogate pair",
+                )
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            raise _too_deep()
+        if isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in reversed(list(enumerate(value))))
+            continue
+        duplicates = getattr(value, "duplicates", ())
+        if duplicates:
+            raise APIError(
+                422,
+                "invalid_request",
+                f"{_where(path)}: the key {_escaped(json.dumps(duplicates[0]))} is given more than once; "
+                "send each key once",
+            )
+        for key, v in reversed(value.items()):  # popped in the order they were written
+            bad = SURROGATE.search(key)
+            if bad:
+                raise APIError(
+                    422,
+                    "invalid_request",
+                    f"{_where(path)}: the key {_escaped(json.dumps(key, ensure_ascii=False))} holds a lone UTF-16 "
+                    f"surrogate {_escaped(bad.group())}, which is not a Unicode character",
+                )
+            stack.append((v, f"{path}.{key}" if path else key, depth + 1))
+
+
+def _too_deep() -> APIError:
+    return APIError(
+        400,
+        "invalid_json",
+        f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep; a request "
+        'needs 3 at most, like {"inputs": ["..."], "parameters": {...}}',
+    )
+
+
+def read_json(body: bytes) -> Any:
+    """The JSON value in ``body`` (UTF-8, an optional BOM skipped), checked by :func:`_check_values`; an
+    :class:`APIError` naming the problem otherwise (the module docstring lists which)."""
+    if body.startswith(UTF8_BOM):
+        body = body[len(UTF8_BOM) :]
+    if not body.strip():
+        raise APIError(400, "invalid_json", 'the request body is empty; send JSON like {"inputs": "..."}')
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise APIError(
+            400,
+            "invalid_json",
+            f"the request body is not valid JSON: it is not UTF-8 (byte 0x{body[err.start]:02x} at offset "
+            f"{err.start}: {err.reason}); send JSON encoded as UTF-8",
+        ) from None
+    try:
+        data = json.loads(
+            text, parse_constant=_constant, parse_float=_float, parse_int=_int, object_pairs_hook=_object
+        )
+    except json.JSONDecodeError as err:
+        raise APIError(
+            400,
+            "invalid_json",
+            f"the request body is not valid JSON at line {err.lineno} column {err.colno}: {err.msg}",
+        ) from None
+    except RecursionError:  # json's C scanner stops at the interpreter's recursion limit
+        raise _too_deep() from None
+    _check_values(data)
+    return data
+
+
 def parse_request(body: bytes) -> GenerateRequest:
     """The request in ``body``, or a 400 (not JSON) / 422 (wrong shape) naming every problem.
 
     Parsed by hand rather than by a FastAPI body parameter so that malformed JSON gets the same error
     shape as everything else (the app bounds the body's size before it gets here).
     """
-    if not body.strip():
-        raise APIError(400, "invalid_json", 'the request body is empty; send JSON like {"inputs": "..."}')
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
-        raise APIError(400, "invalid_json", f"the request body is not valid JSON{where}: {err}") from None
+    data = read_json(body)
     if not isinstance(data, dict):
+        shown = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
         raise APIError(
             422,
             "invalid_request",
-            f'the request body must be a JSON object like {{"inputs": "..."}}, not {type(data).__name__}',
+            f'the request body must be a JSON object like {{"inputs": "..."}}, not {shown}',
         )
     try:
         return GenerateRequest.model_validate(data)
@@ -186,6 +343,27 @@ def _readable(err: ValidationError) -> tuple[str, list[dict[str, Any]]]:
 
 
 # ------------------------------------------------------------------------------------------------ checks
+def check_texts(texts: list[str]) -> None:
+    """Each input holds text, and no NUL: T5's SentencePiece cannot represent U+0000 (measured: "a\\x00b"
+    encodes as "▁", "a", <unk>, "b", where "ab" is one piece and other control characters are dropped by
+    its normaliser), and a NUL in text is nearly always a client's bug (a C string, binary data)."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise APIError(
+                422,
+                "invalid_request",
+                f"inputs[{i}] is {'empty' if not text else 'only whitespace'}; send the text to generate from",
+            )
+        at = text.find("\x00")
+        if at >= 0:
+            raise APIError(
+                422,
+                "invalid_request",
+                f"inputs[{i}] holds a NUL character (U+0000) at character {at}, which the model's vocabulary "
+                "cannot represent; remove it",
+            )
+
+
 @dataclass
 class Checked:
     """A request that passed every limit: its texts, new-token limit and decoding options."""
@@ -206,6 +384,7 @@ def check_request(req: GenerateRequest, limits: Limits) -> Checked:
         raise limit_error(
             422, "max_inputs_per_request", limits.max_inputs_per_request, f"the request has {len(texts)} inputs"
         )
+    check_texts(texts)
     p = req.parameters
     asked = p.max_new_tokens  # type: ignore[attr-defined]
     new = asked if asked is not None else min(limits.default_max_new_tokens, limits.max_new_tokens)
@@ -241,8 +420,10 @@ __all__ = [
     "Output",
     "Usage",
     "check_request",
+    "check_texts",
     "decoding_options",
     "limit_error",
     "parameters_model",
     "parse_request",
+    "read_json",
 ]
