@@ -164,6 +164,46 @@ class GatedEngine:
                 self.paused.clear()
 
 
+    def continuous_decoder(self, max_new_tokens: int) -> GatedDecoder:
+        """The continuous batcher's decoder, held at the same gate before each step."""
+        return GatedDecoder(self, self._engine.continuous_decoder(max_new_tokens))
+
+
+class GatedDecoder:
+    """A ``ContinuousDecoder`` whose steps wait at its ``GatedEngine``'s gate. ``sizes`` gets the rows let in
+    by each ``admit``; after ``pause_after_first_end()`` the step that follows the first step in which a row
+    of several ended waits for ``resume()`` (the batcher has answered that row in between)."""
+
+    def __init__(self, gate: GatedEngine, decoder: Any):
+        self._gate, self._decoder = gate, decoder
+        self._pause_next = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._decoder, name)
+
+    def admit(self, jobs: list) -> None:  # noqa: ANN001
+        self._gate.sizes.append(sum(job.rows for job in jobs))
+        self._decoder.admit(jobs)
+
+    def step(self) -> list:
+        gate = self._gate
+        if not gate._gate.is_set():
+            gate.held.set()
+            assert gate._gate.wait(BOUND_S), "the test never opened the gate"
+            gate.held.clear()
+        if self._pause_next:
+            self._pause_next = False
+            gate.paused.set()
+            assert gate._resume.wait(BOUND_S), "the test never resumed the batch"
+            gate.paused.clear()
+        rows = self._decoder.rows
+        events = self._decoder.step()
+        if gate._pause and rows > 1 and any(e.token_id is None for e in events):
+            gate._pause = False
+            self._pause_next = True
+        return events
+
+
 def cli_app(checkpoint: Path, *flags: str) -> Any:
     """The app ``t5kit serve --model checkpoint *flags`` would run, with its engine gated."""
     from t5kit.cli import build_parser

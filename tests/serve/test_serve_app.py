@@ -83,7 +83,7 @@ def test_health_models_openapi_and_playground(client):
     assert model["config"]["d_model"] == 64 and model["parameters"] > 0
     assert "translate_en_de" in model["tasks"]
     assert models["limits"]["max_new_tokens"] == LIMITS["max_new_tokens"]
-    assert models["batching"] == {"mode": "static", "max_batch_size": 16, "batch_wait_ms": 60.0, "enabled": True}
+    assert models["batching"] == {"mode": "continuous", "max_batch_size": 16, "batch_wait_ms": 60.0, "enabled": True}
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     body_schema = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
@@ -137,8 +137,15 @@ def test_sampling_with_seed_and_beam_search(client):
     assert a["token_ids"] == b["token_ids"]
     beam = generate(client, inputs=["Hello", "The house."], parameters={"max_new_tokens": 6, "num_beams": 3})
     assert [len(o["token_ids"]) > 0 for o in beam["outputs"]] == [True, True]
-    r = client.post("/v1/generate", json={"inputs": "x", "stream": True, "parameters": {"num_beams": 2}})
-    assert r.status_code == 422 and "beam" in r.json()["error"]["message"]
+    # the continuous batcher streams beam search: the tokens its hypotheses all share, then the end
+    r = client.post("/v1/generate", json={"inputs": ["Hello", "The house."], "stream": True,
+                                          "parameters": {"max_new_tokens": 6, "num_beams": 3}})
+    assert r.status_code == 200, r.text
+    events = sse_events(r.text)
+    ends = {e["index"]: e for kind, e in events if kind == "end"}
+    assert [ends[i]["text"] for i in (0, 1)] == [o["text"] for o in beam["outputs"]]
+    streamed = [[e["token_id"] for kind, e in events if kind == "token" and e["index"] == i] for i in (0, 1)]
+    assert streamed == [o["token_ids"] for o in beam["outputs"]]
 
 
 def test_streaming_server_sent_events(client):
@@ -384,10 +391,13 @@ def test_batching_mode_choices_come_from_the_batcher_table(live, checkpoint):
     assert ", ".join(BATCHERS) in serve.format_help()
     with pytest.raises(SystemExit):  # argparse: invalid choice
         build_parser().parse_args(["serve", "--batching", "nope"])
-    with pytest.raises(BatcherError, match="batching .* must be one of static"):
+    with pytest.raises(BatcherError, match="batching .* must be one of continuous, static"):
         create_app(Engine.load(str(checkpoint)), batching="nope")
     s = live("--batching", "static", "--max-batch-size", "8")
     assert isinstance(s.app.state.batcher, BATCHERS["static"])
+    r = httpx.post(s.url + "/v1/generate", json={"inputs": "x", "stream": True, "parameters": {"num_beams": 2}},
+                   timeout=BOUND_S)
+    assert r.status_code == 422 and "static batcher cannot stream beam search" in r.json()["error"]["message"]
     batching = httpx.get(s.url + "/v1/models", timeout=10).json()["batching"]
     assert batching == {"mode": "static", "max_batch_size": 8, "batch_wait_ms": 5.0, "enabled": True}
 

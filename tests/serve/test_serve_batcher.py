@@ -253,7 +253,7 @@ def checkpoint(tmp_path_factory):
 def live(checkpoint):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    s = LiveServer(cli_app(checkpoint, "--max-batch-size", "16", "--batch-wait-ms", "60"))
+    s = LiveServer(cli_app(checkpoint, "--batching", "static", "--max-batch-size", "16", "--batch-wait-ms", "60"))
     yield s
     s.stop()
 

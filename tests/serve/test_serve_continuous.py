@@ -166,3 +166,30 @@ def test_close_finishes_what_is_queued_and_refuses_new_rows(engine):
 
     with pytest.raises(BatcherClosed):
         Request(b, engine.encode(["late"]), 5).submit()
+
+
+def test_a_client_gone_mid_stream_stops_its_rows(tmp_path):
+    """Over real HTTP: a streaming client that hangs up leaves the running batch (the running-rows gauge falls
+    to the other request's row) while the other request decodes on to its end."""
+    import httpx
+    from serve_helpers import LiveServer, cli_app
+
+    s = LiveServer(cli_app(save_tiny_checkpoint(tmp_path / "tiny"), "--max-new-tokens", "1500"))
+    try:
+        long = {"max_new_tokens": 1500, "min_new_tokens": 1500}  # outlives the hang-up by far
+        other, result = s.post_in_thread({"inputs": "stay", "parameters": long})
+        wait_until(lambda: s.metrics.value("t5kit_rows_running") == 1, "the other request decoding")
+        body = {"inputs": ["one", "two", "three"], "stream": True, "parameters": long}
+        with httpx.stream("POST", s.url + "/v1/generate", json=body, timeout=BOUND_S) as r:
+            tokens = 0
+            for line in r.iter_lines():
+                tokens += line.startswith("event: token")
+                if tokens >= 6:
+                    assert s.metrics.value("t5kit_rows_running") == 4
+                    break  # leaving the block closes the connection mid-stream
+        wait_until(lambda: s.metrics.value("t5kit_rows_running") == 1, "the hung-up client's rows leaving")
+        assert other.is_alive(), "the other request ended first: the test proves nothing"
+        other.join(BOUND_S)
+        assert result["status"] == 200 and result["body"]["outputs"][0]["output_tokens"] == 1500
+    finally:
+        s.stop()

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from t5kit.generate.continuous import DEFAULT_MAX_ENCODER_TOKENS
 from t5kit.kernels.inference.precision import add_precision_argument
 
 EPILOG = """\
@@ -15,8 +16,10 @@ example:
        -d '{"inputs": "The house is wonderful.", "task": "translate_en_de"}'
 
 Open http://127.0.0.1:8000/ for the playground, /docs for the API reference, /metrics for
-Prometheus. Requests arriving within --batch-wait-ms of each other are decoded together, up to
---max-batch-size rows; --no-batching decodes one input at a time (for comparison). Over
+Prometheus. With --batching continuous (the default) a request joins the running batch at the next
+decoding step and leaves it the moment it ends, up to --max-batch-size rows and --max-encoder-tokens
+source tokens let in per step; --batching static decodes requests arriving within --batch-wait-ms of
+each other together, to the end of the batch; --no-batching decodes one input at a time. Over
 --max-queue-rows rows waiting, requests are answered 503 with Retry-After.
 """
 
@@ -91,6 +94,11 @@ def make_app(args: argparse.Namespace) -> Any:
     engine = Engine.load(model, dtype=args.dtype, name=args.name, precision=args.precision)
     max_batch = 1 if args.no_batching else args.max_batch_size
     chosen = {"batching": args.batching} if args.batching else {}  # else create_app's default
+    if args.no_batching:  # one input at a time: the static batcher with batches of one
+        chosen = {"batching": "static"}
+    if args.max_encoder_tokens < 1:
+        raise T5kitError(f"--max-encoder-tokens must be positive, got {args.max_encoder_tokens}")
+    chosen["max_encoder_tokens"] = args.max_encoder_tokens
     return create_app(engine, limits, max_batch_size=max_batch, batch_wait_ms=args.batch_wait_ms, **chosen)
 
 
@@ -108,7 +116,10 @@ def _serve(args: argparse.Namespace) -> int:
     app = make_app(args)
     engine, batcher, limits = app.state.engine, app.state.batcher, app.state.limits
     max_batch = batcher.max_batch_size
-    window = f"{args.batch_wait_ms:g} ms window"
+    if app.state.batching == "continuous":
+        window = f"joining every step, {args.max_encoder_tokens} source tokens let in per step"
+    else:
+        window = f"{args.batch_wait_ms:g} ms window"
     batching = "off" if max_batch == 1 else f"{app.state.batching}, up to {max_batch} rows, {window}"
     print(
         f"t5kit serve: {engine.name} ({engine.model.num_parameters() / 1e6:.1f}M parameters"
@@ -163,7 +174,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-wait-ms",
         type=float,
         default=5.0,
-        help="how long the oldest waiting request waits for company (default 5)",
+        help="static batching: how long the oldest waiting request waits for company (default 5)",
+    )
+    g.add_argument(
+        "--max-encoder-tokens",
+        type=int,
+        default=DEFAULT_MAX_ENCODER_TOKENS,
+        help="continuous batching: source tokens whose encoder pass may run before one decoding step, so a "
+        f"burst of long prompts does not stall the rows decoding (default {DEFAULT_MAX_ENCODER_TOKENS}; the "
+        "first request of a step always joins)",
     )
     g.add_argument("--no-batching", action="store_true", help="decode one input at a time (max batch size 1)")
     g = p.add_argument_group("limits (violations are answered 4xx with the limit's name and value)")

@@ -36,6 +36,10 @@ from t5kit.generate.search import BeamState, SampleState, _config
 # and the columns before the oldest running row are dropped (``DecoderCache.compact``) only when the cache is
 # full, so with twice the room a compaction (one copy of the cache) happens at most once per max_new_tokens steps.
 ROOM_FACTOR = 2
+# Source tokens whose encoder pass may run before one decoding step (a server's admission budget). A t5-small
+# step of 32 rows takes ~40-60 ms on 2 cores, and the encoder reads ~8-10k tokens a second there: 512 tokens
+# cost about one step.
+DEFAULT_MAX_ENCODER_TOKENS = 512
 
 
 @dataclass(eq=False)
@@ -267,4 +271,4 @@ class ContinuousDecoder:
         old_items = cross_items.tolist() if cross_items is not None else range(rows.numel() // K)
         return rows.tolist(), [item * K + beam for item in old_items for beam in range(K)]
 
-__all__ = ["ContinuousDecoder", "Event", "Job", "ROOM_FACTOR"]
+__all__ = ["DEFAULT_MAX_ENCODER_TOKENS", "ROOM_FACTOR", "ContinuousDecoder", "Event", "Job"]

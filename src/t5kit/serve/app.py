@@ -9,7 +9,9 @@ The model runs on the batcher's single worker thread; handlers only tokenize, qu
 asyncio queue fed from that thread, so the event loop stays free to accept and stream. Which batcher is
 ``BATCHERS[batching]``; each has ``start()``, ``submit(rows)`` (``BatcherClosed`` once closing),
 ``close(timeout) -> bool``, ``queue_depth``, ``rows_running``, ``max_batch_size``, ``batch_wait`` (seconds)
-and ``on_batch``.
+``on_batch`` and ``streams_beams``. The default, ``continuous`` (:mod:`t5kit.serve.continuous`), lets
+rows join and leave the running batch at every step; ``static`` (:mod:`t5kit.serve.batcher`) decodes a batch
+to its end, and is kept for comparison (``benchmarks/serve.py``) and for ``--no-batching``.
 
 ``POST /v1/generate`` takes ``Content-Type: application/json`` (or ``+json``) only, else 415: a browser
 sends a cross-site POST without asking first (no CORS preflight) only with a form or ``text/plain`` type or
@@ -38,6 +40,7 @@ from t5kit import __version__
 from t5kit.errors import T5kitError
 from t5kit.pipeline import TextStream
 from t5kit.serve.batcher import Batcher, BatcherClosed, BatcherError, Row, RowEvent, Ticket
+from t5kit.serve.continuous import DEFAULT_MAX_ENCODER_TOKENS, ContinuousBatcher
 from t5kit.serve.engine import DecodingSettings, Engine
 from t5kit.serve.metrics import Metrics
 from t5kit.serve.schema import (
@@ -54,7 +57,7 @@ from t5kit.serve.schema import (
 
 STATIC = Path(__file__).resolve().parent / "static"
 # name -> batcher class, for create_app(batching=...) and `t5kit serve --batching` (its choices)
-BATCHERS: dict[str, type] = {"static": Batcher}
+BATCHERS: dict[str, type] = {"continuous": ContinuousBatcher, "static": Batcher}
 RETRY_AFTER_MAX_S = 60  # a client told to wait longer would rather try another server; it can ask again
 JSON_TYPE = "application/json"
 
@@ -133,7 +136,8 @@ def create_app(
     max_batch_size: int = 32,
     batch_wait_ms: float = 5.0,
     shutdown_timeout_s: float | None = None,
-    batching: str = "static",
+    batching: str = "continuous",
+    max_encoder_tokens: int = DEFAULT_MAX_ENCODER_TOKENS,
 ) -> FastAPI:
     """The server around ``engine``: a batcher (started with the app, drained on shutdown) and the routes.
 
@@ -144,7 +148,10 @@ def create_app(
     limits = limits or Limits()
     if batching not in BATCHERS:
         raise BatcherError(f"batching (--batching) must be one of {', '.join(BATCHERS)}, got {batching!r}")
-    batcher = BATCHERS[batching](engine, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+    extra = {}
+    if BATCHERS[batching] is ContinuousBatcher:  # rows join the running batch: its cache holds the longest output
+        extra = {"max_new_tokens": limits.max_new_tokens, "max_encoder_tokens": max_encoder_tokens}
+    batcher = BATCHERS[batching](engine, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, **extra)
     metrics = Metrics(engine.name, queue_depth=lambda: batcher.queue_depth, rows_running=lambda: batcher.rows_running)
     batcher.on_batch = metrics.batch
     state = {"serial": 0}
@@ -270,7 +277,7 @@ def create_app(
         try:
             req = parse_request(await read_body(request))
             mode = "stream" if req.stream else "json"
-            checked = check_request(req, limits)
+            checked = check_request(req, limits, stream_beams=batcher.streams_beams)
             texts, new_tokens = checked.texts, checked.max_new_tokens
             settings = settings_of(checked.options, new_tokens, checked.seed)
             ids = encode(texts, req.task)

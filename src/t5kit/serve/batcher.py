@@ -92,6 +92,9 @@ class Batcher:
     ``on_batch(size, seconds)`` is called after every batch (metrics).
     """
 
+    mode = "static"
+    streams_beams = False  # beam search answers at the end of its batch
+
     def __init__(
         self,
         engine: BatchEngine,

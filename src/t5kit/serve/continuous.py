@@ -25,13 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from t5kit.errors import T5kitError
-from t5kit.generate.continuous import ContinuousDecoder, Job
+from t5kit.generate.continuous import DEFAULT_MAX_ENCODER_TOKENS, ContinuousDecoder, Job
 from t5kit.serve.batcher import BatcherClosed, BatcherError, Row, RowEvent, Ticket
 from t5kit.threads import decoding_threads, tick
-
-# Source tokens whose encoder pass may run before one decoding step. A t5-small step of 32 rows takes
-# ~40-60 ms on 2 cores, and the encoder reads ~8-10k tokens a second there: 512 tokens cost about one step.
-DEFAULT_MAX_ENCODER_TOKENS = 512
 
 
 @dataclass(eq=False)
@@ -61,6 +57,7 @@ class ContinuousBatcher:
     """
 
     mode = "continuous"
+    streams_beams = True  # each beam request streams the prefix its hypotheses share (BeamState.settled)
 
     def __init__(
         self,

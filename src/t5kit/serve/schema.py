@@ -374,9 +374,10 @@ class Checked:
     seed: int | None
 
 
-def check_request(req: GenerateRequest, limits: Limits) -> Checked:
-    """The limits and the rules of serving (beam search neither streams nor samples here), then the
-    decoding options themselves; the first broken one is raised as an :class:`APIError`."""
+def check_request(req: GenerateRequest, limits: Limits, stream_beams: bool = False) -> Checked:
+    """The limits and the rules of serving (beam search does not sample here, and streams only with a batcher
+    that streams its settled prefix: ``stream_beams``), then the decoding options themselves; the first
+    broken one is raised as an :class:`APIError`."""
     texts = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
     if not texts:
         raise APIError(422, "invalid_request", "inputs: the list is empty; send at least one text")
@@ -398,11 +399,12 @@ def check_request(req: GenerateRequest, limits: Limits) -> Checked:
         raise limit_error(
             422, "max_num_beams", limits.max_num_beams, f"parameters.num_beams={beams} asks for too many beams"
         )
-    if beams > 1 and req.stream:
+    if beams > 1 and req.stream and not stream_beams:
         raise APIError(
             422,
             "invalid_request",
-            "stream: beam search (num_beams > 1) cannot stream tokens; use num_beams=1 or stream=false",
+            "stream: the static batcher cannot stream beam search (num_beams > 1); use num_beams=1, "
+            "stream=false, or the continuous batcher (t5kit serve --batching continuous)",
         )
     if beams > 1 and options["do_sample"]:
         raise APIError(422, "invalid_request", "parameters: beam search with do_sample is not supported")
