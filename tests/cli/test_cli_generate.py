@@ -93,7 +93,7 @@ def test_eval_on_a_small_task_writes_predictions_and_metrics(checkpoint, tmp_pat
     (["eval", "--model", "CKPT", "--task", "no_such_task"], 1, "unknown task"),
     (["generate", "--model", "CKPT", "--max-new-tokens", "0", "hi"], 1, "max_new_tokens"),
     (["generate", "--model", "CKPT", "--do-sample", "--temperature", "0", "hi"], 1,
-     "temperature must be a finite number > 0, got 0.0"),  # the GenerationConfig message, before loading
+     "temperature must be a finite number in [0.001, 1000.0], got 0.0"),  # the GenerationConfig message, before loading
     (["generate", "--model", "CKPT", "--input", "LATIN1"], 1, "latin1.txt:2: not UTF-8 text (byte 0xe9 at column 4)"),
     (["generate", "--model", "CKPT", "--precision", "fp8", "hi"], 2, "invalid choice: 'fp8'"),
 ])

@@ -171,3 +171,24 @@ def test_bad_jobs_are_refused_with_the_reason(model):
     with pytest.raises(GenerationError, match="num_return_sequences"):
         decoder.prepare(Job([[5, 1]], dict(num_beams=2, num_return_sequences=2)))
     assert not decoder.jobs and decoder.cache is None
+
+
+def test_a_job_that_fails_mid_step_fails_alone(model):
+    """A job whose step raises (here: sampling with something that is not a generator) ends with an error
+    event per output; the job beside it decodes on, unchanged."""
+    vocab = model.config.vocab_size
+    good_sources, bad_sources = sources(vocab, 1, seed=3), sources(vocab, 2, seed=4)
+    options = dict(max_new_tokens=8, min_new_tokens=8)
+    want = alone(model, good_sources, options, None)
+    decoder = ContinuousDecoder(model, LIMIT)
+    bad = Job(bad_sources, dict(options, do_sample=True), generator="not a generator")  # type: ignore[arg-type]
+    good = Job(good_sources, options)
+    decoder.admit([bad, good])
+    events = []
+    while decoder.jobs:
+        events.extend(decoder.step())
+    errors = [e for e in events if e.job is bad]
+    assert [(e.index, e.stop_reason) for e in errors] == [(0, "error"), (1, "error")]
+    assert errors[0].error and "generator" in errors[0].error.lower()
+    assert [e.token_id for e in events if e.job is good and e.token_id is not None] == want[0]
+    assert bad.done and bad.failed and decoder.cache is None

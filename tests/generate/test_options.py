@@ -31,9 +31,9 @@ GOOD = {"max_new_tokens": ("7", 7), "min_new_tokens": ("2", 2), "num_beams": ("3
         "pad_token_id": ("3", 3), "decoder_start_token_id": ("4", 4)}
 BAD = {"max_new_tokens": ("0", "an integer >= 1"), "min_new_tokens": ("-1", "an integer >= 0"),
        "num_beams": ("0", "an integer >= 1"), "length_penalty": ("nan", "a finite number"),
-       "num_return_sequences": ("0", "an integer >= 1"), "temperature": ("0", "a finite number > 0"),
+       "num_return_sequences": ("0", "an integer >= 1"), "temperature": ("0", "a finite number in [0.001, 1000.0]"),
        "top_k": ("0", "an integer >= 1"), "top_p": ("1.5", "in (0, 1]"), "no_repeat_ngram_size": ("-2", ">= 0"),
-       "repetition_penalty": ("-1", "> 0"), "suppress_tokens": ("5,-1", "token ids >= 0"),
+       "repetition_penalty": ("-1", "in [0.001, 1000.0]"), "suppress_tokens": ("5,-1", "token ids >= 0"),
        "eos_token_id": ("-1", ">= 0"), "pad_token_id": ("-1", ">= 0"), "decoder_start_token_id": ("-1", ">= 0")}
 
 

@@ -58,6 +58,7 @@ class Job:
     state: SampleState | BeamState | None = field(default=None, init=False, repr=False)
     sent: list[int] = field(default_factory=list, init=False, repr=False)  # beam streaming: tokens reported
     first_step: bool = field(default=True, init=False, repr=False)
+    failed: str | None = field(default=None, init=False)  # why the job stopped with an error, if it did
 
     @property
     def rows(self) -> int:
@@ -74,16 +75,18 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return self.state is not None and self.state.done
+        return self.failed is not None or (self.state is not None and self.state.done)
 
 
 class Event(NamedTuple):
-    """A new token of output ``index`` of ``job`` (``token_id``), or its end (``token_id`` None, ``stop_reason``)."""
+    """A new token of output ``index`` of ``job`` (``token_id``), or its end (``token_id`` None, ``stop_reason``
+    "eos", "length", or "error" with ``error`` saying what failed: that job alone, the others go on)."""
 
     job: Job
     index: int
     token_id: int | None
     stop_reason: str | None = None
+    error: str | None = None
 
 
 class ContinuousDecoder:
@@ -212,21 +215,32 @@ class ContinuousDecoder:
             for job in self.jobs:
                 n = job.state.num_rows
                 mine = logits[offset: offset + n]
-                if isinstance(job.state, SampleState):
-                    kept = self._advance_sample(job, mine, events)
-                    rows.extend(offset + r for r in kept)
-                    cross_rows.extend(offset + r for r in kept)
-                else:
-                    kept, kept_cross = self._advance_beam(job, mine, events)
-                    rows.extend(offset + r for r in kept)
-                    cross_rows.extend(offset + r for r in kept_cross)
+                mark = len(events)
+                try:
+                    if isinstance(job.state, SampleState):
+                        kept = kept_cross = self._advance_sample(job, mine, events)
+                    else:
+                        kept, kept_cross = self._advance_beam(job, mine, events)
+                except Exception as err:  # noqa: BLE001 - one job's failure (its options, its logits) is its own
+                    job.failed = f"{type(err).__name__}: {err}"
+                    del events[mark:]
+                    events.extend(Event(job, i, None, "error", job.failed) for i in range(self._outputs(job)))
+                    kept = kept_cross = []
+                rows.extend(offset + r for r in kept)
+                cross_rows.extend(offset + r for r in kept_cross)
                 offset += n
-            self.jobs = [job for job in self.jobs if not job.state.done]
+            self.jobs = [job for job in self.jobs if not job.done]
             if not self.jobs:
                 self.cache = None
             elif rows != list(range(offset)):
                 cache.keep_rows(rows, cross_rows)
         return events
+
+    @staticmethod
+    def _outputs(job: Job) -> int:
+        """Outputs (event indices) of a job: one per source, times copies when sampling several."""
+        cfg = job.config
+        return len(job.input_ids) * (1 if cfg.num_beams > 1 else cfg.num_return_sequences)
 
     def _advance_sample(self, job: Job, logits: Tensor, events: list[Event]) -> list[int]:
         """Advance a greedy / sampled job; returns the positions (within the job) of its rows that go on."""

@@ -67,7 +67,11 @@ class GenerationConfig:
     max_new_tokens: int = _option(DEFAULT_MAX_NEW_TOKENS, "stop after this many new tokens", ge=1)
     min_new_tokens: int = _option(0, "forbid EOS before this many new tokens", ge=0)
     num_beams: int = _option(1, "beam search with this many beams (1: greedy or sampling)", ge=1)
-    length_penalty: float = _option(1.0, "beam length penalty exponent (see --length-penalty-style)", finite=True)
+    # The bounds of length_penalty, temperature and repetition_penalty keep the arithmetic finite: length ** 2**31
+    # overflows a float, logits / 1e-308 overflow float32 and sampling then draws from NaN (found by fuzzing the
+    # server, which answered 500). Typical values: length_penalty 0-2, temperature 0.1-2, repetition 1-2.
+    length_penalty: float = _option(1.0, "beam length penalty exponent (see --length-penalty-style)", finite=True,
+                                    ge=-16, le=16)
     length_penalty_style: str = _option(
         "hf", "hf: score / len^alpha (transformers); gnmt: score / ((5 + len) / 6)^alpha (the T5 paper's)",
         choices=("hf", "gnmt"), hint="'hf' divides by len**lp, 'gnmt' by ((5 + len) / 6)**lp")
@@ -76,13 +80,13 @@ class GenerationConfig:
         "heuristic (false), or never (as transformers); the flag alone means true", choices=(True, False, "never"))
     num_return_sequences: int = _option(1, "outputs per input (at most num_beams without sampling)", ge=1)
     do_sample: bool = _option(False, "sample from the distribution instead of greedy / beam search")
-    temperature: float = _option(1.0, "sampling temperature", gt=0, finite=True,
+    temperature: float = _option(1.0, "sampling temperature", ge=1e-3, le=1e3, finite=True,
                                  hint="for deterministic output use do_sample=False")
     top_k: int | None = _option(None, "sample among the k most likely tokens", ge=1)
     top_p: float | None = _option(None, "sample among the most likely tokens of total probability top_p", gt=0, le=1)
     no_repeat_ngram_size: int = _option(0, "forbid repeating any n-gram of this size (0: off)", ge=0)
-    repetition_penalty: float = _option(1.0, "divide the logits of tokens already present by this (1: off)", gt=0,
-                                        finite=True)
+    repetition_penalty: float = _option(1.0, "divide the logits of tokens already present by this (1: off)", ge=1e-3,
+                                        le=1e3, finite=True)
     suppress_tokens: Sequence[int] = _option((), "token ids never generated", ge=0)
     eos_token_id: int | None = _option(None, "end-of-sequence id (default: the model's)", ge=0, request=False)
     pad_token_id: int | None = _option(None, "padding id (default: the model's)", ge=0, request=False)

@@ -196,7 +196,10 @@ class ContinuousBatcher:
                         row.sink(RowEvent("token", row.index, token_id=event.token_id))
                     elif not request.ended[event.index]:
                         request.ended[event.index] = True
-                        row.sink(RowEvent("end", row.index, stop_reason=event.stop_reason))
+                        if event.error is not None:
+                            row.sink(RowEvent("error", row.index, error=event.error))
+                        else:
+                            row.sink(RowEvent("end", row.index, stop_reason=event.stop_reason))
                 self._running = [r for r in self._running if not r.job.done]
                 self._running_rows = decoder.rows
                 self.steps += 1
