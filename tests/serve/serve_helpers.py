@@ -164,9 +164,9 @@ class GatedEngine:
                 self.paused.clear()
 
 
-    def continuous_decoder(self, max_new_tokens: int) -> GatedDecoder:
+    def continuous_decoder(self, max_new_tokens: int, max_rows: int = 32) -> GatedDecoder:
         """The continuous batcher's decoder, held at the same gate before each step."""
-        return GatedDecoder(self, self._engine.continuous_decoder(max_new_tokens))
+        return GatedDecoder(self, self._engine.continuous_decoder(max_new_tokens, max_rows))
 
 
 class GatedDecoder:

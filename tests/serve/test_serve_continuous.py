@@ -104,6 +104,8 @@ def test_results_under_load_equal_the_request_served_alone(engine, batcher):
         (texts[:1], 40, dict(min_new_tokens=40)),
     ]
     expected = [served_alone(engine, engine.encode(t), n, **dict(o)) for t, n, o in cases]
+    widths: list[int] = []
+    batcher.on_batch = lambda rows, seconds: widths.append(rows)
     requests = []
     for t, n, o in cases:
         requests.append(Request(batcher, engine.encode(t), n, **dict(o)).submit())
@@ -113,6 +115,7 @@ def test_results_under_load_equal_the_request_served_alone(engine, batcher):
         assert not request.errors
         assert request.tokens == want
     assert any(len(t) > 3 for want in expected for t in want.values()), "the outputs are trivially short"
+    assert max(widths) >= 6, f"the requests never shared a step (rows per step: {sorted(set(widths))})"
 
 
 def test_a_cancelled_request_leaves_the_running_batch_within_two_steps(engine, batcher):
@@ -144,6 +147,26 @@ def test_admission_keeps_to_the_row_budget_and_takes_the_oldest_first(engine):
             r.wait()
         assert max(widths) <= 4
         assert second.end_step >= first.end_step and third.end_step >= second.end_step - 5
+    finally:
+        assert b.close(BOUND_S)
+
+
+def test_a_request_over_the_encoder_budget_joins_a_running_batch_as_the_first_of_its_step(engine):
+    """Its sources are longer than the per-step budget: it joins at the next step (alone in that step's
+    admission), not after the running batch drained; the request behind it joins one step later."""
+    b = ContinuousBatcher(engine, max_batch_size=32, max_new_tokens=64, max_encoder_tokens=8)
+    b.start()
+    try:
+        running = Request(b, engine.encode(["a"]), 60, min_new_tokens=60).submit()
+        wait_until(lambda: len(running.tokens[0]) >= 2, "the first request decoding")
+        long_text = ["A source sentence much longer than eight tokens, twice over."] * 2
+        big = Request(b, engine.encode(long_text), 3, min_new_tokens=3).submit()
+        small = Request(b, engine.encode(["b"]), 3, min_new_tokens=3).submit()
+        for r in (big, small, running):
+            r.wait()
+        assert sum(len(ids) for ids in engine.encode(long_text)) > 8
+        assert big.end_step < running.end_step and small.end_step < running.end_step, \
+            "the long prompt (or the request behind it) waited for the running batch to drain"
     finally:
         assert b.close(BOUND_S)
 

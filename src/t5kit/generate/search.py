@@ -245,7 +245,7 @@ class SampleState:
         self.max_new = cfg.max_new_tokens
         self.out = torch.full((rows, self.max_new + 1), cfg.pad_token_id, dtype=torch.long, device=device)
         self.out[:, 0] = cfg.decoder_start_token_id
-        self.scores = torch.zeros(rows, dtype=torch.float32) if with_scores else None
+        self.scores = torch.zeros(rows, dtype=torch.float32, device=device) if with_scores else None
         self.lengths = [self.max_new] * rows
         self.reasons: dict[int, str] = {}
         self.processors = LogitsProcessors(cfg, vocab)
@@ -383,8 +383,8 @@ class BeamState:
         eos = cfg.eos_token_id
         self.fill = cfg.pad_token_id if cfg.pad_token_id else (eos if eos is not None else -1)  # transformers'
         self.beams_to_keep = max(2, 1 + (1 if eos is not None else 0)) * K
-        self.top_num_beam_mask = torch.cat((torch.ones(K, dtype=torch.bool),
-                                            torch.zeros(self.beams_to_keep - K, dtype=torch.bool)))
+        self.top_num_beam_mask = torch.cat((torch.ones(K, dtype=torch.bool, device=device),
+                                            torch.zeros(self.beams_to_keep - K, dtype=torch.bool, device=device)))
         self.processors = LogitsProcessors(cfg, vocab)
         self.running_sequences = torch.full((items, K, max_len), self.fill, dtype=torch.long, device=device)
         self.running_sequences[:, :, 0] = cfg.decoder_start_token_id

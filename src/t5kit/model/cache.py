@@ -152,7 +152,8 @@ class DecoderCache:
         n, m, length = self.batch_size, other.batch_size, self.length
         width, mine = max(self.cross_width, other.cross_width), self.cross_width
         rows = max(n + m, row_capacity)
-        base = self.rows_base
+        # A new dict, stored only once everything is built: a failed allocation leaves this cache as it was.
+        base = dict(self.rows_base) if self.rows_base is not None else None
         if base is None or base["kv"].shape[1] < n + m:  # new row buffers: the rows so far move once
             kv = self.self_kv.new_empty((self.self_kv.shape[0], rows, *self.self_kv.shape[2:]))
             if length:

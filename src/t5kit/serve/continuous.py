@@ -134,23 +134,29 @@ class ContinuousBatcher:
 
     # ------------------------------------------------------------------------------------ worker
     def _take(self, running_rows: int) -> list[_Request]:
-        """The waiting requests that join now (oldest first, within the row and encoder budgets); blocks
-        while there is nothing to do. Returns None-like empty list with ``_closing`` and nothing left."""
+        """The waiting requests that join now, oldest first; blocks while there is nothing to do (returns an
+        empty list when closing with nothing left).
+
+        Budgets: the rows of the batch stay within ``max_batch_size`` (a request larger than that joins an
+        empty batch alone), and the sources let in by one step within ``max_encoder_tokens``, except the
+        step's first request, which joins however long its sources are, so a long prompt never waits for
+        the batch to drain. The queue is first come, first served: a request that does not fit yet keeps
+        the ones behind it waiting until rows free up, so no large request starves."""
         with self._cond:
             while not self._waiting and not self._running and not self._closing:
                 self._cond.wait()
+            if any(r.ticket.cancelled for r in self._waiting):  # nobody waits for them: not in the queue depth
+                for request in [r for r in self._waiting if r.ticket.cancelled]:
+                    self._waiting.remove(request)
+                    self._waiting_rows -= len(request.rows)
+                    self._end(request, "cancelled")
             taken: list[_Request] = []
             rows, tokens = running_rows, 0
             while self._waiting:
                 request = self._waiting[0]
-                if request.ticket.cancelled:
-                    self._waiting.popleft()
-                    self._waiting_rows -= len(request.rows)
-                    self._end(request, "cancelled")
-                    continue
-                fits = rows + request.size <= self.max_batch_size and tokens + request.source_tokens <= \
-                    self.max_encoder_tokens
-                if not fits and (taken or running_rows):
+                rows_fit = rows + request.size <= self.max_batch_size or rows == 0
+                tokens_fit = not taken or tokens + request.source_tokens <= self.max_encoder_tokens
+                if not (rows_fit and tokens_fit):
                     break
                 self._waiting.popleft()
                 self._waiting_rows -= len(request.rows)
@@ -160,7 +166,7 @@ class ContinuousBatcher:
             return taken
 
     def _loop(self) -> None:
-        decoder = self.engine.continuous_decoder(self.max_new_tokens)
+        decoder = self.engine.continuous_decoder(self.max_new_tokens, self.max_batch_size)
         with decoding_threads():  # t5kit.threads: T5KIT_THREADS, following a neighbour's load each step
             while True:
                 joining = self._take(decoder.rows)
@@ -168,43 +174,47 @@ class ContinuousBatcher:
                     if self._closing and not self._waiting:
                         return
                     continue
-                start = time.perf_counter()
-                tick()
-                for request in [r for r in self._running if r.ticket.cancelled]:  # stop computing for nobody
-                    decoder.drop(request.job)
-                    self._running.remove(request)
-                    self._end(request, "cancelled")
-                self._admit(decoder, joining)
-                if not self._running:
-                    self._running_rows = 0
-                    continue
-                self._running_rows = stepped = decoder.rows
                 try:
-                    events = decoder.step()
-                except Exception as err:  # noqa: BLE001 - one failed step must not kill the worker thread
+                    self._step(decoder, joining)
+                except Exception as err:  # noqa: BLE001 - the worker must outlive any failure (a hung server
+                    # would answer every later request 408): the requests of this step fail, the rest go on
                     message = f"{type(err).__name__}: {err}"
                     decoder.clear()
-                    for request in self._running:
+                    for request in {id(r): r for r in [*self._running, *joining]}.values():
                         self._fail(request, message)
                     self._running = []
                     self._running_rows = 0
-                    continue
-                for event in events:
-                    request = event.job.tag
-                    row = request.rows[event.index]
-                    if event.token_id is not None:
-                        row.sink(RowEvent("token", row.index, token_id=event.token_id))
-                    elif not request.ended[event.index]:
-                        request.ended[event.index] = True
-                        if event.error is not None:
-                            row.sink(RowEvent("error", row.index, error=event.error))
-                        else:
-                            row.sink(RowEvent("end", row.index, stop_reason=event.stop_reason))
-                self._running = [r for r in self._running if not r.job.done]
-                self._running_rows = decoder.rows
-                self.steps += 1
-                if self.on_batch is not None:
-                    self.on_batch(stepped, time.perf_counter() - start)
+
+    def _step(self, decoder: ContinuousDecoder, joining: list[_Request]) -> None:
+        """Drop the cancelled, admit ``joining``, decode one step and hand each row its events."""
+        start = time.perf_counter()
+        tick()
+        for request in [r for r in self._running if r.ticket.cancelled]:  # stop computing for nobody
+            decoder.drop(request.job)
+            self._running.remove(request)
+            self._end(request, "cancelled")
+        self._admit(decoder, joining)
+        if not self._running:
+            self._running_rows = 0
+            return
+        self._running_rows = stepped = decoder.rows
+        events = decoder.step()
+        for event in events:
+            request = event.job.tag
+            row = request.rows[event.index]
+            if event.token_id is not None:
+                row.sink(RowEvent("token", row.index, token_id=event.token_id))
+            elif not request.ended[event.index]:
+                request.ended[event.index] = True
+                if event.error is not None:
+                    row.sink(RowEvent("error", row.index, error=event.error))
+                else:
+                    row.sink(RowEvent("end", row.index, stop_reason=event.stop_reason))
+        self._running = [r for r in self._running if not r.job.done]
+        self._running_rows = decoder.rows
+        self.steps += 1
+        if self.on_batch is not None:
+            self.on_batch(stepped, time.perf_counter() - start)
 
     def _admit(self, decoder: ContinuousDecoder, joining: list[_Request]) -> None:
         jobs = []
@@ -212,8 +222,11 @@ class ContinuousBatcher:
             request.ended = [False] * len(request.rows)
             try:
                 request.job = decoder.prepare(self.engine.job(request.rows, tag=request))
-            except (T5kitError, ValueError) as err:
+            except T5kitError as err:
                 self._fail(request, str(err))
+                continue
+            except Exception as err:  # noqa: BLE001 - a request that cannot even be prepared fails alone
+                self._fail(request, f"{type(err).__name__}: {err}")
                 continue
             jobs.append(request.job)
         if not jobs:

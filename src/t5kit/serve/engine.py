@@ -223,9 +223,10 @@ class Engine:
         generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
         return Job([list(r.ids) for r in rows], self.options(settings, rows[0].max_new_tokens), generator, tag)
 
-    def continuous_decoder(self, max_new_tokens: int) -> ContinuousDecoder:
-        """A decoder whose running batch requests join and leave step by step (one per model worker)."""
-        return ContinuousDecoder(self.model, max_new_tokens)
+    def continuous_decoder(self, max_new_tokens: int, max_rows: int = 32) -> ContinuousDecoder:
+        """A decoder whose running batch requests join and leave step by step (one per model worker), with
+        room for ``max_rows`` rows (the batcher's ``max_batch_size``)."""
+        return ContinuousDecoder(self.model, max_new_tokens, max_rows)
 
     def _pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
