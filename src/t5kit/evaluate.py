@@ -80,14 +80,35 @@ def task_examples(task: Any, split: str = "test", max_examples: int | None = Non
     return examples
 
 
+EVAL_MODES = ("generate", "rank")
+
+
+def task_choices(task: Any, choices: Sequence[str] | None = None) -> list[str]:
+    """The label set rank classification picks from: ``choices``, else the task's label words."""
+    found = list(choices) if choices is not None else list(getattr(task, "options", {}).get("choices", ()))
+    if not found:
+        raise DataError(f"task {task.name!r} has no label set to rank: give its label words (a classification "
+                        "task's label_words) or the choices (--choices yes,no)")
+    return found
+
+
 def evaluate(generator: Any, task: Any, split: str = "test", *, metrics: list[str] | None = None,
              max_examples: int | None = None, batch_size: int = 32, skip_bad: bool = False,
-             progress: bool = True, **decoding: Any) -> EvalResult:
+             progress: bool = True, mode: str = "generate", choices: Sequence[str] | None = None,
+             **decoding: Any) -> EvalResult:
     """Generate for each example of ``task``'s ``split`` and score the outputs.
 
     ``generator`` is a :class:`t5kit.Generator`; ``decoding`` options go to its ``generate``
-    (greedy by default). ``metrics`` overrides the task's own metric names.
+    (greedy by default). ``metrics`` overrides the task's own metric names. ``mode="rank"`` classifies
+    instead: each example's prediction is the most likely member of the label set (``choices``, else the
+    task's label words) under the model (``Generator.classify``: one encoder pass per input), so an output
+    outside the label set is impossible.
     """
+    if mode not in EVAL_MODES:
+        raise DataError(f"eval mode must be one of {', '.join(EVAL_MODES)}, got {mode!r}")
+    label_set = task_choices(task, choices) if mode == "rank" else None
+    if label_set is not None and decoding:
+        raise DataError(f"rank classification takes no decoding options, got {sorted(decoding)}")
     examples = task_examples(task, split, max_examples, skip_bad)
     names = list(metrics or task.metrics or ["exact_match"])
     start = time.perf_counter()
@@ -100,7 +121,11 @@ def evaluate(generator: Any, task: Any, split: str = "test", *, metrics: list[st
     results: list[Any] = [None] * len(examples)  # by position in the split
     for i in range(0, len(order), batch_size):
         chunk = order[i : i + batch_size]
-        outputs = generator.generate([examples[j]["inputs"] for j in chunk], batch_size=batch_size, **decoding)
+        texts = [examples[j]["inputs"] for j in chunk]
+        if label_set is not None:
+            outputs = [_Ranked(c.label) for c in generator.classify(texts, label_set)]
+        else:
+            outputs = generator.generate(texts, batch_size=batch_size, **decoding)
         for j, out in zip(chunk, outputs):
             results[j] = out
         if bar is not None:
@@ -112,6 +137,14 @@ def evaluate(generator: Any, task: Any, split: str = "test", *, metrics: list[st
     rows = [{"inputs": e["inputs"], "target": e["targets"], "prediction": r.text, "stop_reason": r.stop_reason}
             for e, r in zip(examples, results)]
     return EvalResult(task=task.name, split=split, metrics=scores, predictions=rows, seconds=seconds)
+
+
+@dataclass
+class _Ranked:
+    """A rank classification's answer in the shape of a generation result (text, stop reason)."""
+
+    text: str
+    stop_reason: str = "ranked"
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -167,8 +167,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = decoding_options(args)
     generator = load_generator(args)
     metrics = args.metrics.split(",") if args.metrics else None
+    rank = {}
+    if args.rank or args.choices:  # rank classification: the most likely member of the label set
+        if options:
+            raise DataError(f"--rank takes no decoding options, got {', '.join(sorted(options))}")
+        choices = [c.strip() for c in args.choices.split(",")] if args.choices else None
+        rank = {"mode": "rank", "choices": choices}
     result = evaluate(generator, task, args.split, metrics=metrics, max_examples=args.max_examples,
-                      batch_size=args.batch_size, skip_bad=args.skip_bad, **options)
+                      batch_size=args.batch_size, skip_bad=args.skip_bad, **rank, **options)
     out_dir = Path(args.output_dir or f"eval-{task.name}-{args.split}")
     predictions, metrics_path = result.save(out_dir)
     stopped = sum(p["stop_reason"] == "length" for p in result.predictions)
@@ -218,6 +224,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--skip-bad", action="store_true", help="skip records with a missing or empty field")
     p.add_argument("--output-dir", "-o", default=None, help="where to write predictions and metrics")
+    p.add_argument("--rank", action="store_true",
+                   help="classify by ranking the task's label set (its label words) instead of generating: "
+                        "each prediction is the most likely label (one encoder pass per input)")
+    p.add_argument("--choices", default=None,
+                   help="with --rank (implied): the comma-separated label set, instead of the task's label words")
     add_model_arguments(p)
     add_decoding_arguments(p)
     p.set_defaults(func=cmd_eval)

@@ -294,6 +294,8 @@ def classification_task(
 
     inverse = {v: k for k, v in words.items()}
     kw.setdefault("metrics", ["accuracy"])
+    if words:  # the label set, for rank classification (``t5kit eval --rank``: the most likely label word)
+        kw["options"] = {**kw.get("options", {}), "choices": list(dict.fromkeys(words.values()))}
     pre = [to_word, *kw.pop("preprocessors", [])]
     return Task(name, source, inputs=inputs, targets="{" + label_field + "}", preprocessors=pre,
                 postprocess=(lambda s: inverse.get(s.strip())) if words else None, kind="classification", **kw)

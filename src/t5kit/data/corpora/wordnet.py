@@ -1,4 +1,5 @@
-"""WordNet definitions: ``"define: word"`` -> gloss, from the Debian package ``wordnet-base``.
+"""WordNet definitions: ``"define: word"`` -> gloss, from the Debian package ``wordnet-base``; and the same
+records as a labelled task, ``wordnet_pos`` (a gloss -> its part of speech), for classification.
 
 One record per lemma, with the gloss of its most frequent sense (WordNet lists senses by frequency; across
 parts of speech the one with the most sense-tagged occurrences wins, ties noun > verb > adjective >
@@ -77,13 +78,19 @@ def import_wordnet(out: str | Path, wordnet_dir: str | Path = WORDNET_DIR) -> di
     for r in records:
         by_split[split_of(r["word"])].append(r)
     counts = {s: write_jsonl(out / f"{s}.jsonl", recs) for s, recs in by_split.items()}
+    sources = "{" + ", ".join(f"{s}: {s}.jsonl" for s in SPLITS) + "}"
+    words = ", ".join(f"{pos}: {pos}" for _, pos in POS_FILES)
     write_text(
         out / "tasks.yaml",
-        "tasks:\n  - name: wordnet_define\n    kind: definition\n    source: {"
-        + ", ".join(f"{s}: {s}.jsonl" for s in SPLITS) + "}\n",
+        f"tasks:\n  - name: wordnet_define\n    kind: definition\n    source: {sources}\n"
+        # the part of speech of a gloss: a real labelled task (rank classification, t5kit eval --rank)
+        f"  - name: wordnet_pos\n    kind: classification\n    prefix: wordnet pos\n    text_fields: [definition]\n"
+        f"    label_field: pos\n    label_words: {{{words}}}\n    source: {sources}\n",
     )
     manifest = {
         "kind": "wordnet", "task": "define: <word> -> gloss of the most frequent sense",
+        "tasks": {"wordnet_define": "define: <word> -> gloss",
+                  "wordnet_pos": "wordnet pos definition: <gloss> -> noun / verb / adjective / adverb"},
         "definitions": counts, "total": sum(counts.values()),
         "split": "sha256 of the word: 90% train, 5% validation, 5% test",
         "source_packages": {"wordnet-base": package_licence("wordnet-base")},
