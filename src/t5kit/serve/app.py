@@ -39,18 +39,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from t5kit import __version__
 from t5kit.errors import T5kitError
 from t5kit.pipeline import TextStream
-from t5kit.serve.batcher import Batcher, BatcherClosed, BatcherError, Row, RowEvent, Ticket
+from t5kit.serve.batcher import Batcher, BatcherClosed, BatcherError, Row, RowEvent, ScoreWork, Ticket
 from t5kit.serve.continuous import DEFAULT_MAX_ENCODER_TOKENS, ContinuousBatcher
 from t5kit.serve.engine import DecodingSettings, Engine
 from t5kit.serve.metrics import Metrics
 from t5kit.serve.schema import (
     APIError,
+    ChoiceScores,
     GenerateRequest,
     GenerateResponse,
     Limits,
     Output,
+    ScoreRequest,
+    ScoreResponse,
+    TargetScore,
     Usage,
     check_request,
+    check_score_request,
     limit_error,
     parse_request,
 )
@@ -429,9 +434,98 @@ def create_app(
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(body.pop("$defs", {}))
             components["GenerateRequest"] = body
+            score_body = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(score_body.pop("$defs", {}))
+            components["ScoreRequest"] = score_body
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        summary="Log-likelihood of given targets, or rank classification over candidates",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
+            }
+        },
+        responses={
+            400: {"description": "malformed JSON"},
+            408: {"description": "request_timeout_s exceeded"},
+            413: {"description": "max_body_bytes exceeded"},
+            422: {"description": "wrong types, unknown fields, empty or repeated candidates, or a broken limit"},
+            503: {"description": "max_queue_rows exceeded (with Retry-After), or shutting down"},
+        },
+    )
+    async def score(request: Request) -> ScoreResponse:
+        """Scored with the batcher's other work: between two decoding steps (continuous batching), every
+        candidate of an input in one decoder pass over that input's single encoder pass."""
+        start = time.perf_counter()
+        try:
+            req = parse_request(await read_body(request), ScoreRequest)
+            checked = check_score_request(req, limits)
+            ids = encode(checked.texts, req.task)
+            candidates = [engine.tokenizer.batch_encode(group) for group in checked.candidates]
+            for i, group in enumerate(candidates):
+                for j, target in enumerate(group):
+                    if len(target) > limits.max_new_tokens:
+                        where = f"choices of input {i}, [{j}]" if checked.classify else f"targets[{i}]"
+                        raise limit_error(422, "max_new_tokens", limits.max_new_tokens,
+                                          f"{where} is {len(target)} tokens long (with EOS)")
+            check_queue(sum(len(g) for g in candidates))
+        except APIError as err:
+            if err.body.get("limit"):
+                metrics.rejected(err.body["limit"])
+            metrics.request("score", err.status)
+            raise
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future = loop.create_future()
+
+        def done(result: Any, error: str | None) -> None:  # on the worker thread
+            def settle() -> None:
+                if not answer.done():
+                    answer.set_result((result, error))
+            loop.call_soon_threadsafe(settle)
+
+        work = ScoreWork(ids, candidates, done)
+        try:
+            batcher.submit_score(work)
+        except BatcherClosed:
+            metrics.request("score", 503)
+            raise APIError(503, "shutting_down", "the server is shutting down; retry elsewhere") from None
+        metrics.started()
+        try:
+            result, error = await asyncio.wait_for(answer, limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            work.ticket.cancel()
+            metrics.rejected("request_timeout_s")
+            metrics.request("score", 408)
+            raise limit_error(408, "request_timeout_s", limits.request_timeout_s,
+                              "the request did not finish in time") from None
+        finally:
+            metrics.finished()
+        if error is not None:
+            metrics.request("score", 500)
+            raise APIError(500, "scoring_failed", error)
+        elapsed = time.perf_counter() - start
+        metrics.request("score", 200, elapsed)
+        if not checked.classify:
+            scores = [TargetScore(target=checked.candidates[i][0], token_ids=candidates[i][0],
+                                  token_logprobs=r.token_logprobs[0], sum=r.sums[0], mean=r.means[0])
+                      for i, r in enumerate(result)]
+            return ScoreResponse(model=engine.name, scores=scores, latency_s=round(elapsed, 4))
+        classifications = []
+        for i, r in enumerate(result):
+            ranked = r.means if checked.normalize == "mean" else r.sums
+            best = max(range(len(ranked)), key=ranked.__getitem__)
+            top = ranked[best]
+            weights = [math.exp(v - top) for v in ranked]
+            total = sum(weights)
+            classifications.append(ChoiceScores(label=checked.candidates[i][best], index=best,
+                                                scores=[w / total for w in weights], logprobs=list(r.sums)))
+        return ScoreResponse(model=engine.name, classifications=classifications, latency_s=round(elapsed, 4))
 
     @app.get("/health", summary="Liveness: the model is loaded and the worker is running")
     async def health() -> dict[str, Any]:

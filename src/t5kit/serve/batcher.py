@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from t5kit.errors import T5kitError
 
@@ -59,6 +59,30 @@ class Row:
     index: int = 0
     ticket: Ticket = field(default_factory=Ticket)
     enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class ScoreWork:
+    """One ``POST /v1/score`` request for the model worker: token ids of each input and of its candidates
+    (its target alone, or its choices); ``done(result, error)`` is called on the worker thread with the
+    engine's per-input results (``Engine.score_works``) or an error message."""
+
+    input_ids: list[list[int]]
+    candidates: list[list[list[int]]]
+    done: Callable[[Any, str | None], None]
+    ticket: Ticket = field(default_factory=Ticket)
+
+    @property
+    def rows(self) -> int:
+        """Decoder rows of its scoring pass: one per candidate."""
+        return sum(len(c) for c in self.candidates)
+
+    @property
+    def source_tokens(self) -> int:
+        return sum(len(ids) for ids in self.input_ids)
+
+    def cancelled(self) -> bool:
+        return self.ticket.cancelled
 
 
 class BatchEngine(Protocol):
@@ -133,6 +157,22 @@ class Batcher:
                 row.enqueued = now
             self._waiting.extend(rows)
             self._cond.notify()
+
+    def submit_score(self, work: ScoreWork) -> None:
+        """Score on a thread of its own: the engine's lock runs it between two batches (this batcher has no
+        steps to run it between, and a scoring pass is one short model call)."""
+        if self._closing:
+            raise BatcherClosed("the server is shutting down")
+
+        def run() -> None:
+            try:
+                result = self.engine.score_works([work])[0]
+            except Exception as err:  # noqa: BLE001 - reported to the request
+                work.done(None, f"{type(err).__name__}: {err}")
+                return
+            work.done(result, None)
+
+        threading.Thread(target=run, name="t5kit-score", daemon=True).start()
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop taking rows, finish every row already queued or running; True if done within ``timeout``."""

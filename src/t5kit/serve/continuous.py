@@ -26,7 +26,7 @@ from typing import Any
 
 from t5kit.errors import T5kitError
 from t5kit.generate.continuous import DEFAULT_MAX_ENCODER_TOKENS, ContinuousDecoder, Job
-from t5kit.serve.batcher import BatcherClosed, BatcherError, Row, RowEvent, Ticket
+from t5kit.serve.batcher import BatcherClosed, BatcherError, Row, RowEvent, ScoreWork, Ticket
 from t5kit.threads import decoding_threads, tick
 
 
@@ -83,6 +83,7 @@ class ContinuousBatcher:
         self._waiting_rows = 0
         self._running: list[_Request] = []
         self._running_rows = 0
+        self._scoring: deque[ScoreWork] = deque()  # POST /v1/score work, run between two decoding steps
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -110,6 +111,16 @@ class ContinuousBatcher:
                     row.enqueued = now
                 self._waiting.append(request)
                 self._waiting_rows += len(request.rows)
+            self._cond.notify()
+
+    def submit_score(self, work: ScoreWork) -> None:
+        """Queue a scoring request; the worker runs it between two decoding steps, with the other scoring
+        requests waiting then in one model call (within the step's encoder budget)."""
+        with self._cond:
+            if self._closing:
+                raise BatcherClosed("the server is shutting down")
+            self._scoring.append(work)
+            self._waiting_rows += work.rows
             self._cond.notify()
 
     def close(self, timeout: float | None = None) -> bool:
@@ -143,7 +154,7 @@ class ContinuousBatcher:
         the batch to drain. The queue is first come, first served: a request that does not fit yet keeps
         the ones behind it waiting until rows free up, so no large request starves."""
         with self._cond:
-            while not self._waiting and not self._running and not self._closing:
+            while not self._waiting and not self._running and not self._scoring and not self._closing:
                 self._cond.wait()
             if any(r.ticket.cancelled for r in self._waiting):  # nobody waits for them: not in the queue depth
                 for request in [r for r in self._waiting if r.ticket.cancelled]:
@@ -170,8 +181,9 @@ class ContinuousBatcher:
         with decoding_threads():  # t5kit.threads: T5KIT_THREADS, following a neighbour's load each step
             while True:
                 joining = self._take(decoder.rows)
+                self._score()
                 if not joining and not self._running:
-                    if self._closing and not self._waiting:
+                    if self._closing and not self._waiting and not self._scoring:
                         return
                     continue
                 try:
@@ -215,6 +227,33 @@ class ContinuousBatcher:
         self.steps += 1
         if self.on_batch is not None:
             self.on_batch(stepped, time.perf_counter() - start)
+
+    def _score(self) -> None:
+        """Run the waiting scoring requests (oldest first, within the encoder budget, at least one) in one
+        model call; each gets its results or its error."""
+        with self._cond:
+            works: list[ScoreWork] = []
+            tokens = 0
+            while self._scoring:
+                work = self._scoring[0]
+                if works and tokens + work.source_tokens > self.max_encoder_tokens:
+                    break
+                self._scoring.popleft()
+                self._waiting_rows -= work.rows
+                if work.cancelled():
+                    continue
+                works.append(work)
+                tokens += work.source_tokens
+        if not works:
+            return
+        try:
+            results = self.engine.score_works(works)
+        except Exception as err:  # noqa: BLE001 - a failed scoring call fails its requests, not the worker
+            for work in works:
+                work.done(None, f"{type(err).__name__}: {err}")
+            return
+        for work, result in zip(works, results):
+            work.done(result, None)
 
     def _admit(self, decoder: ContinuousDecoder, joining: list[_Request]) -> None:
         jobs = []

@@ -17,12 +17,22 @@ import torch
 from t5kit.data.prefixes import task_options, task_prefixes
 from t5kit.generate import generate, stream
 from t5kit.generate.continuous import ContinuousDecoder, Job
+from t5kit.generate.score import rank
 from t5kit.hub import resolve
 from t5kit.kernels import install as install_kernels
 from t5kit.kernels.inference.precision import check_precision, inference_model
 from t5kit.model import T5Model
 from t5kit.pipeline import undecodable_ids
 from t5kit.tokenizer import load_tokenizer
+
+
+@dataclass
+class Scored:
+    """One input's candidates scored: summed and per-token-mean log-likelihoods, and per-token ones."""
+
+    sums: list[float]
+    means: list[float]
+    token_logprobs: list[list[float]]
 
 
 @dataclass(frozen=True)
@@ -227,6 +237,23 @@ class Engine:
         """A decoder whose running batch requests join and leave step by step (one per model worker), with
         room for ``max_rows`` rows (the batcher's ``max_batch_size``)."""
         return ContinuousDecoder(self.model, max_new_tokens, max_rows)
+
+    # --------------------------------------------------------------------------------- scoring
+    def score_works(self, works: Sequence[Any]) -> list[list[Scored]]:
+        """Score the candidates of several ``t5kit.serve.batcher.ScoreWork`` requests in one call: every
+        input's encoder pass once, all its candidates in one decoder pass (``t5kit.generate.score.rank``).
+        Returns, per work, per input, the candidates' summed / mean log-likelihoods and per-token ones."""
+        sources = [ids for work in works for ids in work.input_ids]
+        candidates = [group for work in works for group in work.candidates]
+        input_ids, mask = self._pad(sources)
+        with self._lock, torch.inference_mode():
+            ranked = rank(self.model, input_ids, mask, candidates)
+        scored = [Scored(r.sums.tolist(), r.means.tolist(), [t.tolist() for t in r.token_logprobs]) for r in ranked]
+        out, at = [], 0
+        for work in works:
+            out.append(scored[at: at + len(work.input_ids)])
+            at += len(work.input_ids)
+        return out
 
     def _pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

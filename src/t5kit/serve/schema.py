@@ -24,7 +24,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,6 +49,7 @@ class Limits:
     request_timeout_s: float = 60.0
     max_num_beams: int = 16  # beam search costs num_beams rows of the batch per input
     max_queue_rows: int = 256  # rows waiting for the model; over it a request is answered 503 + Retry-After
+    max_choices: int = 64  # POST /v1/score: candidates per input (each one a decoder row of the scoring pass)
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -137,6 +138,103 @@ class GenerateResponse(BaseModel):
     outputs: list[Output]
     usage: Usage
     latency_s: float
+
+
+class ScoreRequest(BaseModel):
+    """``POST /v1/score``: the log-likelihood of given targets (``targets``: one per input), or rank
+    classification over a label set (``choices``: one list for every input, or one list per input)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    inputs: str | list[str] = Field(..., description="one text or a list of texts")
+    targets: str | list[str] | None = Field(None, description="the text to score for each input")
+    choices: list[str] | list[list[str]] | None = Field(
+        None, description="candidates to rank: one list for all inputs, or one list per input")
+    task: str | None = Field(None, description="a task preset whose prefix is prepended (see /v1/models)")
+    normalize: Literal["sum", "mean"] = Field(
+        "sum", description="rank by the summed (sum) or the per-token mean (mean) log-likelihood")
+
+
+class TargetScore(BaseModel):
+    target: str
+    token_ids: list[int]
+    token_logprobs: list[float]
+    sum: float
+    mean: float
+
+
+class ChoiceScores(BaseModel):
+    label: str
+    index: int
+    scores: list[float] = Field(description="probabilities over the choices (softmax of the ranked statistic)")
+    logprobs: list[float] = Field(description="each choice's summed log-likelihood")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    scores: list[TargetScore] | None = None
+    classifications: list[ChoiceScores] | None = None
+    latency_s: float
+
+
+@dataclass
+class CheckedScore:
+    texts: list[str]
+    candidates: list[list[str]]  # per input: its target alone, or its choices
+    classify: bool
+    normalize: str
+
+
+def check_score_request(req: ScoreRequest, limits: Limits) -> CheckedScore:
+    """The shape rules of ``POST /v1/score`` (exactly one of targets / choices, counts that match, no empty
+    or repeated candidate) and its limits; the first broken one is raised as an :class:`APIError`."""
+    texts = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
+    if not texts:
+        raise APIError(422, "invalid_request", "inputs: the list is empty; send at least one text")
+    if len(texts) > limits.max_inputs_per_request:
+        raise limit_error(
+            422, "max_inputs_per_request", limits.max_inputs_per_request, f"the request has {len(texts)} inputs"
+        )
+    check_texts(texts)
+    if (req.targets is None) == (req.choices is None):
+        raise APIError(422, "invalid_request", "give either targets (the text to score for each input) or "
+                       "choices (the candidates to rank), not both and not neither")
+    if req.targets is not None:
+        targets = [req.targets] if isinstance(req.targets, str) else list(req.targets)
+        if len(targets) != len(texts):
+            raise APIError(422, "invalid_request", f"targets: {len(targets)} targets for {len(texts)} inputs; "
+                           "send one target per input")
+        for i, t in enumerate(targets):
+            if not t.strip():
+                raise APIError(422, "invalid_request", f"targets[{i}] is empty; send the text to score")
+        candidates = [[t] for t in targets]
+    else:
+        choices = req.choices
+        if not choices:
+            raise APIError(422, "invalid_request", "choices: the list is empty; send at least one candidate")
+        per_input = isinstance(choices[0], list)
+        if per_input and len(choices) != len(texts):
+            raise APIError(422, "invalid_request", f"choices: {len(choices)} lists for {len(texts)} inputs; send "
+                           "one list of candidates per input, or one list for all")
+        candidates = [list(c) for c in choices] if per_input else [list(choices) for _ in texts]  # type: ignore[arg-type]
+        for i, group in enumerate(candidates):
+            where = f"choices[{i}]" if per_input else "choices"
+            if not group:
+                raise APIError(422, "invalid_request", f"{where} is empty; send at least one candidate")
+            if len(group) > limits.max_choices:
+                raise limit_error(422, "max_choices", limits.max_choices, f"{where} has {len(group)} candidates")
+            for j, c in enumerate(group):
+                if not c.strip():
+                    raise APIError(422, "invalid_request", f"{where}[{j}] is empty; every candidate needs text")
+            seen = [c for j, c in enumerate(group) if c in group[:j]]
+            if seen:
+                raise APIError(422, "invalid_request", f"{where} repeats {seen[0]!r}; send each candidate once")
+    for i, group in enumerate(candidates):
+        for c in group:
+            if "\x00" in c:
+                raise APIError(422, "invalid_request", f"a candidate of input {i} holds a NUL character (U+0000), "
+                               "which the model's vocabulary cannot represent; remove it")
+    return CheckedScore(texts, candidates, req.choices is not None, req.normalize)
 
 
 # ------------------------------------------------------------------------------------------------ reading JSON
@@ -287,7 +385,7 @@ def read_json(body: bytes) -> Any:
     return data
 
 
-def parse_request(body: bytes) -> GenerateRequest:
+def parse_request(body: bytes, model: type[BaseModel] = GenerateRequest) -> Any:
     """The request in ``body``, or a 400 (not JSON) / 422 (wrong shape) naming every problem.
 
     Parsed by hand rather than by a FastAPI body parameter so that malformed JSON gets the same error
@@ -302,7 +400,7 @@ def parse_request(body: bytes) -> GenerateRequest:
             f'the request body must be a JSON object like {{"inputs": "..."}}, not {shown}',
         )
     try:
-        return GenerateRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         option_error = _option_bound_error(err)
         if option_error is not None:
@@ -414,6 +512,12 @@ def check_request(req: GenerateRequest, limits: Limits, stream_beams: bool = Fal
 
 __all__ = [
     "APIError",
+    "ChoiceScores",
+    "CheckedScore",
+    "ScoreRequest",
+    "ScoreResponse",
+    "TargetScore",
+    "check_score_request",
     "Checked",
     "GenerateParameters",
     "GenerateRequest",
