@@ -87,6 +87,7 @@ def make_app(args: argparse.Namespace) -> Any:
         request_timeout_s=args.request_timeout,
         max_num_beams=args.max_num_beams,
         max_queue_rows=args.max_queue_rows,
+        max_choices=args.max_choices,
     )
     for name, value in vars(limits).items():
         if value <= 0:
@@ -194,5 +195,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request (60)")
     g.add_argument("--max-num-beams", type=int, default=16, help="beams one request may ask for (16)")
     g.add_argument("--max-queue-rows", type=int, default=256, help="rows waiting; over it 503 + Retry-After (256)")
+    g.add_argument("--max-choices", type=int, default=64, help="POST /v1/score: candidates per input (64)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)
