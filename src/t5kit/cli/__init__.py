@@ -20,6 +20,7 @@ from t5kit.errors import T5kitError
 COMMAND_MODULES = [
     "t5kit.cli.demo",
     "t5kit.cli.generate",
+    "t5kit.cli.score",
     "t5kit.cli.model",
     "t5kit.cli.data",
     "t5kit.cli.tokenizer",

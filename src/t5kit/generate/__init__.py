@@ -3,7 +3,9 @@
 - :mod:`t5kit.generate.options`: :class:`GenerationConfig`, the one list of decoding options, and the CLI
   flags and server schema derived from it;
 - :mod:`t5kit.generate.processors`: the logits processors (transformers' order and arithmetic);
-- :mod:`t5kit.generate.search`: :func:`generate` and :func:`stream`.
+- :mod:`t5kit.generate.search`: :func:`generate` and :func:`stream`;
+- :mod:`t5kit.generate.score`: :func:`score` (log-likelihoods of given targets) and :func:`rank` (candidates
+  ranked with one encoder pass per source).
 
 This package imports no other part of t5kit above ``errors``: ``T5Model.generate`` calls into it. Text in,
 text out (tokenizer, task prefixes, batching, precision) is the pipeline's job: ``t5kit.Generator``
@@ -23,6 +25,7 @@ from t5kit.generate.options import (
     options_from_args,
 )
 from t5kit.generate.processors import LogitsProcessors
+from t5kit.generate.score import NORMALIZE, RankOutput, ScoreError, ScoreOutput, check_normalize, rank, score
 from t5kit.generate.search import (
     DecodingCache,
     DecodingModel,
@@ -37,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_NEW_TOKENS", "DecodingCache", "DecodingModel", "GenerationConfig", "GenerationError",
     "GenerationOutput", "LengthLimitWarning", "LogitsProcessors", "StreamEvent", "add_generation_arguments",
     "check_option", "generate", "generation_parameters_model", "option_fields", "options_from_args", "stream",
+    "NORMALIZE", "RankOutput", "ScoreError", "ScoreOutput", "check_normalize", "rank", "score",
 ]
 
 # Names that lived here before #16 and moved up to the text pipeline. Resolved on first use so that code
