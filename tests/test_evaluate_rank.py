@@ -102,6 +102,7 @@ def test_rank_classification_beats_the_majority_class_after_a_short_fine_tune(po
     start = time.perf_counter()
     result = train(cfg)
     seconds = time.perf_counter() - start
+    assert (result.checkpoint / "spiece.model").is_file()  # a checkpoint loads on its own, tokenizer included
     tuned = Generator.from_pretrained(result.checkpoint)
     after = evaluate(tuned, task, "test", mode="rank", progress=False)
     generated = evaluate(tuned, task, "test", max_new_tokens=4, progress=False)

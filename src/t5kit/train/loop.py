@@ -325,7 +325,8 @@ class _Run:
                 "config": self.cfg.to_dict(),
             }
             try:
-                path = S.save_checkpoint(self.run_dir, name, to_save, opt_state, state, [r["torch"] for r in ranks])
+                path = S.save_checkpoint(self.run_dir, name, to_save, opt_state, state, [r["torch"] for r in ranks],
+                                         self.tokenizer)
                 if name != S.BEST_NAME:
                     S.prune(self.run_dir, self.cfg.checkpoint.keep_last)
             except CheckpointError as err:

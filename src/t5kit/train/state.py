@@ -183,10 +183,13 @@ def save_checkpoint(
     optimizer_state: dict[str, Any],
     trainer_state: dict[str, Any],
     torch_rng: list[dict[str, Any]],
+    tokenizer: Any = None,
 ) -> Path:
     """Write a complete checkpoint ``out/name`` atomically (temporary directory, then one rename).
 
-    ``model`` is the plain T5Model (full weights); ``optimizer_state`` its optimiser's state dict.
+    ``model`` is the plain T5Model (full weights); ``optimizer_state`` its optimiser's state dict;
+    ``tokenizer`` (its ``save_pretrained``) goes beside the weights, so the checkpoint loads on its own
+    (``Generator.from_pretrained``, ``t5kit generate --model``) like a published one.
     On any write error the temporary directory is removed and a CheckpointError says why.
     """
     out = Path(out)
@@ -194,6 +197,8 @@ def save_checkpoint(
     try:
         with atomic_directory(final) as tmp:
             save_model(model, tmp)
+            if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+                tokenizer.save_pretrained(tmp)
             _save_torch(optimizer_state, tmp / OPTIMIZER_NAME)
             _save_torch(torch_rng, tmp / RNG_NAME)
             write_json(tmp / STATE_NAME, trainer_state, indent=1, sort_keys=True)
