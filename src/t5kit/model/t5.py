@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from t5kit.checkpoint import io as checkpoint_io
 from t5kit.config import T5Config
-from t5kit.generate import generate, rank, score
+from t5kit.generate import RankOutput, ScoreOutput, generate, rank, score
 from t5kit.ids import LABEL_PAD_ID
 from t5kit.model.cache import DecoderCache
 from t5kit.model.layers import Attention, Dropout, FeedForward, RMSNorm, clamp_fp16, weight_dtype
@@ -410,13 +410,13 @@ class T5Model(nn.Module):
         return generate(self, input_ids, attention_mask, **options)
 
     def score(self, input_ids: Tensor | None, attention_mask: Tensor | None, labels: Tensor,
-              labels_mask: Tensor | None = None, *, encoder_hidden_states: Tensor | None = None):
+              labels_mask: Tensor | None = None, *, encoder_hidden_states: Tensor | None = None) -> ScoreOutput:
         """Per-token, summed and mean log-likelihood of ``labels`` (right-padded with -100): see
         :func:`t5kit.generate.score`."""
         return score(self, input_ids, attention_mask, labels, labels_mask, encoder_hidden_states=encoder_hidden_states)
 
     def rank(self, input_ids: Tensor, attention_mask: Tensor | None, candidates: list[list[list[int]]],
-             normalize: str = "sum"):
+             normalize: str = "sum") -> list[RankOutput]:
         """Candidate targets of each source scored and ranked, the encoder run once per source: see
         :func:`t5kit.generate.rank`."""
         return rank(self, input_ids, attention_mask, candidates, normalize=normalize)
