@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from t5kit.generate.options import GenerationConfig, GenerationError
+from t5kit.generate.options import GenerationConfig, GenerationError, check_token_ids
 from t5kit.generate.processors import LogitsProcessors
 from t5kit.threads import decoding_threads, each_step, tick
 
@@ -154,9 +154,7 @@ def _in_precision(model: Any, precision: str | None) -> Any:
 
 def _config(model: Any, config: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:
     cfg = GenerationConfig.from_options(config, **options).resolved(model.config)
-    bad = [t for t in cfg.suppress_tokens if not 0 <= t < model.config.vocab_size]
-    if bad:
-        raise GenerationError(f"suppress_tokens holds ids outside the vocabulary [0, {model.config.vocab_size}): {bad}")
+    check_token_ids(cfg, model.config.vocab_size)
     return cfg
 
 
@@ -249,7 +247,9 @@ class SampleState:
         self.lengths = [self.max_new] * rows
         self.reasons: dict[int, str] = {}
         self.processors = LogitsProcessors(cfg, vocab)
-        self.needs_history = cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0
+        self.needs_history = self.processors.needs_history
+        # prefix_allowed_tokens_fn's batch id: the input of a row (transformers': row // copies)
+        self.copies = cfg.num_return_sequences if cfg.prefix_allowed_tokens_fn is not None else 0
         self.rows = torch.arange(rows, device=device)  # rows still decoding, in cache order
         self.tokens = self.out[:, :1]  # the next decoder input, one per row still decoding
         self.step = 0
@@ -266,7 +266,8 @@ class SampleState:
         that go on, or None when all of them do)."""
         cfg, step, rows = self.cfg, self.step, self.rows
         history = self.out[:, : step + 1].index_select(0, rows) if self.needs_history else self.out[:0]
-        scores = self.processors.apply(logits, history, step, in_place=True)
+        batch_ids = (rows // self.copies).tolist() if self.copies else None
+        scores = self.processors.apply(logits, history, step, in_place=True, batch_ids=batch_ids)
         if cfg.do_sample:
             scores = self.processors.warped(scores)
             next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)[:, 0]
@@ -419,7 +420,9 @@ class BeamState:
         vocab = logits.shape[-1]
         log_probs = torch.log_softmax(logits, dim=-1)
         flat_running = self.running_sequences.view(b * K, max_len)[:, :cur_len]
-        log_probs = self.processors.apply(log_probs, flat_running, cur_len - 1, in_place=True)
+        batch_ids = self.items.repeat_interleave(K).tolist() if cfg.prefix_allowed_tokens_fn is not None else None
+        log_probs = self.processors.apply(log_probs, flat_running, cur_len - 1, in_place=True, batch_ids=batch_ids,
+                                          group=K)
         if cfg.do_sample:
             log_probs = self.processors.warped(log_probs, beam_sampling=True)
         log_probs = log_probs.view(b, K, vocab) + self.running_beam_scores[:, :, None]
