@@ -201,6 +201,41 @@ def test_decoder_prefix_starts_every_output_and_then_decodes_freely(pair):
     assert out.sequences[:, 1:].tolist() == [prefix] * 3 and out.stop_reasons == ["length"] * 3
 
 
+def contains(seq: list[int], word: list[int]) -> bool:
+    return any(seq[i: i + len(word)] == word for i in range(len(seq) - len(word) + 1))
+
+
+def test_forced_words_are_in_every_hypothesis_and_scored_as_beam_search_scores(pair):
+    """Constrained beam search (no transformers reference: 5.x moved it to a hub repository that cannot be run
+    here): every returned hypothesis holds each forced word, and its score is its teacher-forced
+    log-likelihood divided by the length penalty (so the beam bookkeeping and the cache reorders are right)."""
+    family, hf, model = pair
+    ids, mask = batch(hf.config.vocab_size, seed=8)
+    free_out = free(model, ids, mask, dict(num_beams=4))
+    seen = {t for row in free_out for t in row}
+    absent = [t for t in range(2, hf.config.vocab_size) if t not in seen]
+    words = [absent[:2], [absent[2]], [absent[3], absent[4], absent[5]]]  # none of them in the free output
+    for options in (dict(num_beams=4, num_return_sequences=3, length_penalty=0.6),
+                    dict(num_beams=2, early_stopping=True, length_penalty=0.0)):
+        out = generate(model, ids, mask, max_new_tokens=MAX_NEW, force_words_ids=words, return_scores=True,
+                       warn_on_length_limit=False, **options)
+        got = [upto_eos(r) for r in out.sequences]
+        assert all(contains(g, w) for g in got for w in words), (family, options, got)
+        nrs = options.get("num_return_sequences", 1)
+        for r, g in enumerate(got):
+            source = r // nrs
+            ll = sequence_log_likelihood(model, ids[source: source + 1], mask[source: source + 1], g)
+            assert torch.allclose(out.scores[r], ll[0] / len(g) ** options["length_penalty"], atol=SCORE_ATOL), r
+        if nrs > 1:
+            assert all(len({tuple(g) for g in got[i: i + nrs]}) == nrs for i in range(0, len(got), nrs))
+            assert all(out.scores[i] >= out.scores[i + 1] for i in range(len(got) - 1) if (i + 1) % nrs)
+    # the limit exactly fits the words: every output is the words in some order, nothing else
+    tight = generate(model, ids, mask, max_new_tokens=6, num_beams=3, num_return_sequences=3,
+                     force_words_ids=words, warn_on_length_limit=False)
+    for row in tight.sequences.tolist():
+        assert sorted(row[1:]) == sorted(t for w in words for t in w) and all(contains(row[1:], w) for w in words)
+
+
 def test_constraints_work_in_continuous_batching(pair):
     """A constrained job shares the decoder with an unconstrained one and gives what it gives alone."""
     family, hf, model = pair
@@ -209,6 +244,7 @@ def test_constraints_work_in_continuous_batching(pair):
     choices = choice_set(hf.config.vocab_size)
     jobs = [Job(sources[:2], dict(allowed_sequences=choices)),
             Job(sources[2:], dict(num_beams=3, bad_words_ids=[[5], [9, 11]], decoder_prefix=[20, 21])),
+            Job(sources[1:], dict(num_beams=2, force_words_ids=[[30, 31], [32]])),
             Job(sources, {})]
     decoder = ContinuousDecoder(model, MAX_NEW)
     decoder.admit(jobs)
@@ -223,6 +259,7 @@ def test_constraints_work_in_continuous_batching(pair):
         want = free(model, alone_ids, (alone_ids != 0).long(), dict(job.options))
         assert [got[id(job)].get(i, []) for i in range(len(want))] == [[t for t in w if t != EOS] for w in want]
     assert got[id(jobs[1])][0][:2] == [20, 21]
+    assert all(contains(out, [30, 31]) and 32 in out for out in got[id(jobs[2])].values())
 
 
 def test_constraints_cost_nothing_when_unset():
@@ -250,6 +287,13 @@ def test_constraints_cost_nothing_when_unset():
     (dict(decoder_prefix=[4], suppress_tokens=[4]), "forces token 4"),
     (dict(decoder_prefix=[4], do_sample=True, num_beams=2), "beam sampling"),
     (dict(prefix_allowed_tokens_fn=[1, 2]), "prefix_allowed_tokens_fn must be a function"),
+    (dict(force_words_ids=[[4]]), "force_words_ids needs beam search without sampling: set num_beams >= 2"),
+    (dict(force_words_ids=[[4]], num_beams=2, do_sample=True), "do_sample=False"),
+    (dict(force_words_ids=[[4], []], num_beams=2), "force_words_ids item 1 is empty"),
+    (dict(force_words_ids=[[4, 5], [6]], num_beams=2, max_new_tokens=2), "need 3 tokens, more than max_new_tokens"),
+    (dict(force_words_ids=[[4, EOS]], num_beams=2), "force_words_ids item 0 holds the EOS id"),
+    (dict(force_words_ids=[[4]], num_beams=2, bad_words_ids=[[4]]), "holds [4], which suppress_tokens or bad_"),
+    (dict(force_words_ids=[[4]], num_beams=2, allowed_sequences=[[4]]), "cannot be combined with allowed_sequ"),
 ])
 def test_impossible_constraints_are_refused_with_the_fix(options, words):
     with pytest.raises(GenerationError) as err:
@@ -261,9 +305,9 @@ def test_ids_outside_the_vocabulary_and_a_stuck_function_are_refused(pair):
     _, hf, model = pair
     vocab = hf.config.vocab_size
     ids, mask = batch(vocab)
-    for name in ("bad_words_ids", "allowed_sequences"):
+    for name in ("bad_words_ids", "allowed_sequences", "force_words_ids"):
         with pytest.raises(GenerationError, match=rf"{name} holds ids outside the vocabulary \[0, {vocab}\)"):
-            generate(model, ids, mask, **{name: [[3], [vocab + 2]]})
+            generate(model, ids, mask, num_beams=2, **{name: [[3], [vocab + 2]]})
     with pytest.raises(GenerationError, match="decoder_prefix holds ids outside"):
         generate(model, ids, mask, decoder_prefix=[vocab])
     with pytest.raises(GenerationError, match="returned no token for batch id 0"):

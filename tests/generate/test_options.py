@@ -29,7 +29,7 @@ GOOD = {"max_new_tokens": ("7", 7), "min_new_tokens": ("2", 2), "num_beams": ("3
         "top_k": ("5", 5), "top_p": ("0.9", 0.9), "no_repeat_ngram_size": ("3", 3),
         "repetition_penalty": ("1.2", 1.2), "suppress_tokens": ("5,6", (5, 6)), "eos_token_id": ("2", 2),
         "bad_words_ids": ("3 4,7", ((3, 4), (7,))), "decoder_prefix": ("5 6", (5, 6)),
-        "allowed_sequences": ("[[5, 6], [7]]", ((5, 6), (7,))),
+        "allowed_sequences": ("[[5, 6], [7]]", ((5, 6), (7,))), "force_words_ids": ("8 9", ((8, 9),)),
         "pad_token_id": ("3", 3), "decoder_start_token_id": ("4", 4)}
 BAD = {"max_new_tokens": ("0", "an integer >= 1"), "min_new_tokens": ("-1", "an integer >= 0"),
        "num_beams": ("0", "an integer >= 1"), "length_penalty": ("nan", "a finite number"),
@@ -38,7 +38,7 @@ BAD = {"max_new_tokens": ("0", "an integer >= 1"), "min_new_tokens": ("-1", "an 
        "repetition_penalty": ("-1", "in [0.001, 1000.0]"), "suppress_tokens": ("5,-1", "token ids >= 0"),
        "eos_token_id": ("-1", ">= 0"), "pad_token_id": ("-1", ">= 0"), "decoder_start_token_id": ("-1", ">= 0"),
        "bad_words_ids": ("3 -4,7", "token ids >= 0, got -4 (in item 0)"), "decoder_prefix": ("5,-6", "token ids >= 0"),
-       "allowed_sequences": ("[[5], []]", "item 1 is empty")}
+       "allowed_sequences": ("[[5], []]", "item 1 is empty"), "force_words_ids": ("8,-9", "token ids >= 0")}
 PYTHON_ONLY = {"prefix_allowed_tokens_fn"}  # a callable: neither a flag nor a request field
 
 

@@ -102,6 +102,8 @@ class GenerationConfig:
     allowed_sequences: Sequence[Sequence[int]] = _option(
         (), "the output is one of these token-id sequences, each ending in EOS (appended when missing); the "
         "text form is Generator.generate(choices=[...])", ge=0)
+    force_words_ids: Sequence[Sequence[int]] = _option(
+        (), "token-id sequences every output contains (constrained beam search: num_beams >= 2, no sampling)", ge=0)
     prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], Sequence[int]] | None = _option(
         None, "Python only: f(batch_id, decoder ids so far) -> the ids allowed next (transformers' "
               "prefix_allowed_tokens_fn)", request=False, cli=False)
@@ -117,6 +119,7 @@ class GenerationConfig:
         self.decoder_prefix = tuple(int(t) for t in self.decoder_prefix)
         self.bad_words_ids = tuple(tuple(int(t) for t in word) for word in self.bad_words_ids)
         self.allowed_sequences = tuple(tuple(int(t) for t in seq) for seq in self.allowed_sequences)
+        self.force_words_ids = tuple(tuple(int(t) for t in word) for word in self.force_words_ids)
         if self.num_return_sequences > self.num_beams and not self.do_sample:
             raise GenerationError(
                 f"num_return_sequences ({self.num_return_sequences}) > num_beams ({self.num_beams}): without "
@@ -182,6 +185,8 @@ def _check_constraints(cfg: GenerationConfig) -> None:
         if t in banned:
             raise GenerationError(f"decoder_prefix forces token {t}, which suppress_tokens or bad_words_ids forbid: "
                                   "remove it from one of them")
+    if cfg.force_words_ids:
+        _check_forced_words(cfg, banned)
     if eos is not None and (eos,) in cfg.bad_words_ids:
         raise GenerationError(f"bad_words_ids holds the EOS id {eos} alone (transformers drops it silently): to "
                               f"forbid EOS use suppress_tokens=[{eos}], or min_new_tokens for a minimum length")
@@ -214,10 +219,34 @@ def _check_constraints(cfg: GenerationConfig) -> None:
                               "allowed_sequences: lower num_return_sequences")
 
 
+def _check_forced_words(cfg: GenerationConfig, banned: set[int]) -> None:
+    words, eos = cfg.force_words_ids, cfg.eos_token_id
+    if cfg.num_beams < 2 or cfg.do_sample:
+        raise GenerationError("force_words_ids needs beam search without sampling: set num_beams >= 2 and "
+                              "do_sample=False")
+    others = [n for n in ("decoder_prefix", "allowed_sequences", "prefix_allowed_tokens_fn")
+              if getattr(cfg, n) not in ((), None)]
+    if others:
+        raise GenerationError(f"force_words_ids cannot be combined with {others[0]} (each decides which tokens "
+                              "may come next); use one of them")
+    total = sum(len(w) for w in dict.fromkeys(words))
+    if total > cfg.max_new_tokens:
+        raise GenerationError(f"force_words_ids need {total} tokens, more than max_new_tokens={cfg.max_new_tokens}: "
+                              "raise max_new_tokens or force fewer words")
+    for i, word in enumerate(words):
+        if eos is not None and eos in word:
+            raise GenerationError(f"force_words_ids item {i} holds the EOS id {eos}: an output ends at its first "
+                                  "EOS; remove it")
+        stuck = sorted(set(word) & banned)
+        if stuck:
+            raise GenerationError(f"force_words_ids item {i} holds {stuck}, which suppress_tokens or bad_words_ids "
+                                  "forbid: remove them from one of the two")
+
+
 def check_token_ids(cfg: GenerationConfig, vocab_size: int) -> None:
     """Every token id an option holds is inside the model's vocabulary ``[0, vocab_size)`` (the one check:
     ``generate``, ``stream`` and the continuous batcher run it on the resolved config)."""
-    for name in ("suppress_tokens", "decoder_prefix", "bad_words_ids", "allowed_sequences"):
+    for name in ("suppress_tokens", "decoder_prefix", "bad_words_ids", "allowed_sequences", "force_words_ids"):
         value = getattr(cfg, name)
         ids = value if _kind(name) is tuple else [t for seq in value for t in seq]
         bad = sorted({t for t in ids if not 0 <= t < vocab_size})
