@@ -14,7 +14,7 @@ model's ``task_specific_params``; precision from :mod:`t5kit.kernels.inference.p
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,42 @@ class TextStream:
             return ""
         piece, self.sent = text[len(self.sent):], text
         return piece
+
+
+def choice_token_ids(tokenizer: Any, choices: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """The token ids of each choice string, EOS included: ``allowed_sequences`` for "one of these strings"
+    (the one tokenization: ``Generator.generate(choices=)`` and the server use it). An empty list, a lone
+    string, or a choice that tokenizes to nothing is a :class:`GenerationError`."""
+    if isinstance(choices, str) or not isinstance(choices, Sequence):
+        raise GenerationError(f"choices must be a list of strings, got {choices!r}")
+    if not choices:
+        raise GenerationError("choices is empty: give at least one string the output may be")
+    sequences = []
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, str):
+            raise GenerationError(f"choices item {i} must be a string, got {choice!r}")
+        ids = tuple(tokenizer.encode(choice, add_eos=True))
+        if len(ids) < 2:  # EOS alone
+            raise GenerationError(f"choices item {i} ({choice!r}) tokenizes to nothing: every choice needs some "
+                                  "text")
+        sequences.append(ids)
+    return tuple(sequences)
+
+
+def with_choices(tokenizer: Any, options: dict[str, Any], choices: Sequence[str] | None,
+                 given: Collection[str] = ()) -> dict[str, Any]:
+    """``options`` with ``allowed_sequences`` for ``choices`` (None: unchanged). Unless the caller ``given``
+    ``max_new_tokens``, it becomes the longest choice's length: no output can be longer, and the decoder's
+    cache is allocated for that many positions."""
+    if choices is None:
+        return options
+    if "allowed_sequences" in options:
+        raise GenerationError("give choices (strings) or allowed_sequences (token ids), not both")
+    sequences = choice_token_ids(tokenizer, choices)
+    options = {**options, "allowed_sequences": sequences}
+    if "max_new_tokens" not in given:
+        options["max_new_tokens"] = max(len(ids) for ids in sequences)
+    return options
 
 
 @dataclass
@@ -192,11 +228,13 @@ class Generator:
     # -- whole outputs
     def generate(self, texts: str | Sequence[str], task: str | None = None, batch_size: int = 16,
                  return_scores: bool = False, generator: torch.Generator | None = None,
-                 **decoding: Any) -> list[GenerationResult]:
+                 choices: Sequence[str] | None = None, **decoding: Any) -> list[GenerationResult]:
         """Results in the order of ``texts`` (``num_return_sequences`` consecutive results per text).
 
         ``decoding``: :class:`~t5kit.generate.GenerationConfig` options over the task's defaults;
-        ``generator`` makes sampling reproducible.
+        ``generator`` makes sampling reproducible. ``choices``: each output is one of these strings (greedy:
+        the first token's best choice, then the next's ...; beams: the best-scoring of those the search keeps,
+        all of them when ``num_beams`` is at least their number).
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -206,6 +244,7 @@ class Generator:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
         prefix, options = self._options(task, decoding)
+        options = with_choices(self.tokenizer, options, choices, given=decoding)
         GenerationConfig.from_options(**options)  # fail before any work on a bad option
         model = self.decoding_model
         encoded = [self.tokenizer.encode(prefix + t, add_eos=True) for t in texts]
@@ -374,11 +413,12 @@ class Generator:
 
     # -- streaming
     def stream(self, text: str, task: str | None = None, generator: torch.Generator | None = None,
-               **decoding: Any) -> Iterator[str]:
+               choices: Sequence[str] | None = None, **decoding: Any) -> Iterator[str]:
         """Yield text pieces as tokens arrive; their concatenation is the decoded output (see :class:`TextStream`)."""
         if not isinstance(text, str):
             raise GenerationError(f"stream() takes one string, not {type(text).__name__}")
         prefix, options = self._options(task, decoding)
+        options = with_choices(self.tokenizer, options, choices, given=decoding)
         ids = torch.tensor([self.tokenizer.encode(prefix + text, add_eos=True)])
         pieces = TextStream(self._decode)
         for event in stream(self.decoding_model, ids, generator=generator, **options):
@@ -407,4 +447,4 @@ def _check_limit(rows: list[list[int]], limit: int | None, what: str, name: str)
 
 
 __all__ = ["MAX_SCORE_INPUT_TOKENS", "MAX_SCORE_TARGET_TOKENS", "Classification", "GenerationResult", "Generator",
-           "Score", "TextStream"]
+           "Score", "TextStream", "choice_token_ids", "with_choices"]

@@ -28,17 +28,23 @@ GOOD = {"max_new_tokens": ("7", 7), "min_new_tokens": ("2", 2), "num_beams": ("3
         "num_return_sequences": ("2", 2), "do_sample": (None, True), "temperature": ("0.7", 0.7),
         "top_k": ("5", 5), "top_p": ("0.9", 0.9), "no_repeat_ngram_size": ("3", 3),
         "repetition_penalty": ("1.2", 1.2), "suppress_tokens": ("5,6", (5, 6)), "eos_token_id": ("2", 2),
+        "bad_words_ids": ("3 4,7", ((3, 4), (7,))), "decoder_prefix": ("5 6", (5, 6)),
+        "allowed_sequences": ("[[5, 6], [7]]", ((5, 6), (7,))), "force_words_ids": ("8 9", ((8, 9),)),
         "pad_token_id": ("3", 3), "decoder_start_token_id": ("4", 4)}
 BAD = {"max_new_tokens": ("0", "an integer >= 1"), "min_new_tokens": ("-1", "an integer >= 0"),
        "num_beams": ("0", "an integer >= 1"), "length_penalty": ("nan", "a finite number"),
        "num_return_sequences": ("0", "an integer >= 1"), "temperature": ("0", "a finite number in [0.001, 1000.0]"),
        "top_k": ("0", "an integer >= 1"), "top_p": ("1.5", "in (0, 1]"), "no_repeat_ngram_size": ("-2", ">= 0"),
        "repetition_penalty": ("-1", "in [0.001, 1000.0]"), "suppress_tokens": ("5,-1", "token ids >= 0"),
-       "eos_token_id": ("-1", ">= 0"), "pad_token_id": ("-1", ">= 0"), "decoder_start_token_id": ("-1", ">= 0")}
+       "eos_token_id": ("-1", ">= 0"), "pad_token_id": ("-1", ">= 0"), "decoder_start_token_id": ("-1", ">= 0"),
+       "bad_words_ids": ("3 -4,7", "token ids >= 0, got -4 (in item 0)"), "decoder_prefix": ("5,-6", "token ids >= 0"),
+       "allowed_sequences": ("[[5], []]", "item 1 is empty"), "force_words_ids": ("8,-9", "token ids >= 0")}
+PYTHON_ONLY = {"prefix_allowed_tokens_fn"}  # a callable: neither a flag nor a request field
 
 
 def names() -> list[str]:
-    return [f.name for f in option_fields()]
+    """The options that are flags (all but the Python-only ones)."""
+    return [f.name for f in option_fields() if f.name not in PYTHON_ONLY]
 
 
 def test_the_tables_above_cover_every_option():
@@ -90,7 +96,7 @@ def test_a_bad_flag_value_gives_the_config_message(name):
     with pytest.raises(GenerationError) as from_config:
         GenerationConfig(**{name: getattr(args, name)})
     assert str(from_flag.value) == str(from_config.value)
-    assert str(from_flag.value).startswith(f"{name} must be") and words in str(from_flag.value)
+    assert str(from_flag.value).startswith(f"{name} ") and words in str(from_flag.value)
 
 
 def test_the_bare_early_stopping_flag_takes_no_value():
@@ -143,7 +149,8 @@ def test_the_request_schema_is_the_same_list():
     model = generation_parameters_model(defaults={"max_new_tokens": None}, limits={"num_beams": {"le": 16}})
     requested = [f.name for f in option_fields() if f.metadata.get("request", True)]
     assert list(model.model_fields) == [*requested, "seed"]
-    assert set(names()) - set(requested) == {"eos_token_id", "pad_token_id", "decoder_start_token_id"}
+    assert {f.name for f in option_fields()} - set(requested) == {
+        "eos_token_id", "pad_token_id", "decoder_start_token_id", *PYTHON_ONLY}
     for name in requested:
         if name != "max_new_tokens":
             default = GenerationConfig().__getattribute__(name)
@@ -166,3 +173,25 @@ def test_the_request_schema_is_the_same_list():
         model(num_return_sequences=3)
     with pytest.raises(GenerationError, match="num_beams"):
         generation_parameters_model(limits={"num_beam": {"le": 4}})
+
+
+def test_lists_of_id_sequences_on_the_command_line():
+    """``--bad-words-ids "3 4,7"``: commas between sequences, spaces inside one; or JSON. A Python callable
+    (prefix_allowed_tokens_fn) has no flag and is not a request field."""
+    parser = argparse.ArgumentParser()
+    add_generation_arguments(parser)
+    for text, want in [("3 4,7", ((3, 4), (7,))), ("3,4", ((3,), (4,))), (" 3  4 ", ((3, 4),)),
+                       ("[[3, 4], [7]]", ((3, 4), (7,)))]:
+        assert options_from_args(parser.parse_args(["--allowed-sequences", text])) == {"allowed_sequences": want}
+    for bad in ["3 x,7", "[3, 4]", "[[3, 4]", '[["a"]]']:
+        with pytest.raises((SystemExit, GenerationError)):
+            options_from_args(parser.parse_args(["--bad-words-ids", bad]))
+    with pytest.raises(GenerationError, match="bad_words_ids item 1 is empty"):  # '3,' is a sequence and nothing
+        options_from_args(parser.parse_args(["--bad-words-ids", "3,"]))
+    dests = {a.dest for a in parser._actions}
+    assert not PYTHON_ONLY & dests
+    assert options_from_args(parser.parse_args([])) == {}
+    config = GenerationConfig(prefix_allowed_tokens_fn=lambda batch_id, ids: [1])
+    assert config.prefix_allowed_tokens_fn(0, None) == [1]
+    fn = config.prefix_allowed_tokens_fn
+    assert GenerationConfig.from_options(config, num_beams=2).prefix_allowed_tokens_fn is fn

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from t5kit.generate.options import GenerationConfig, GenerationError
-from t5kit.generate.search import BeamState, SampleState, _config
+from t5kit.generate.search import BeamState, ForcedWordsBeamState, SampleState, _config, beam_state
 
 # The cache holds twice the longest output a job may ask for: a row that joins late starts at a later column,
 # and the columns before the oldest running row are dropped (``DecoderCache.compact``) only when the cache is
@@ -55,7 +55,7 @@ class Job:
     generator: torch.Generator | None = None
     tag: Any = None
     config: GenerationConfig | None = field(default=None, init=False)
-    state: SampleState | BeamState | None = field(default=None, init=False, repr=False)
+    state: SampleState | BeamState | ForcedWordsBeamState | None = field(default=None, init=False, repr=False)
     sent: list[int] = field(default_factory=list, init=False, repr=False)  # beam streaming: tokens reported
     first_step: bool = field(default=True, init=False, repr=False)
     failed: str | None = field(default=None, init=False)  # why the job stopped with an error, if it did
@@ -161,7 +161,7 @@ class ContinuousDecoder:
                     source += 1
                 vocab = model.config.vocab_size
                 if cfg.num_beams > 1:
-                    job.state = BeamState(cfg, len(job.input_ids), vocab, job.generator, device)
+                    job.state = beam_state(cfg, len(job.input_ids), vocab, job.generator, device)
                     job.sent = [0] * len(job.input_ids)
                 else:
                     job.state = SampleState(cfg, job.rows, vocab, job.generator, False, device)

@@ -1,8 +1,9 @@
 """The decoding options: :class:`GenerationConfig` is the one list, and the other views are built from it.
 
 Each field's ``dataclasses.field(metadata=...)`` holds its help text and its bounds (``ge``, ``gt``,
-``le``, ``finite``, ``choices``), plus ``flag`` where the command-line spelling is special and
-``request=False`` where a server client may not set it (token ids are the model's business).
+``le``, ``finite``, ``choices``), plus ``flag`` where the command-line spelling is special,
+``request=False`` where a server client may not set it (the model's own token ids), and ``cli=False`` for a
+Python callable (``prefix_allowed_tokens_fn``: neither a flag nor a request field).
 Construction validates from those bounds, and the views below read the same metadata. Before #16 the
 options were written out in five places (two in the search module, the CLI, and two in the server) and
 the copies had drifted. Adding an option now takes one edit here.
@@ -11,7 +12,9 @@ The functions other modules call (named here so that the CLI and the server can 
 
 - ``add_generation_arguments(parser, exclude=()) -> argument group``: one ``--flag`` per field plus
   ``--seed``, each defaulting to ``None`` so that only what the user typed overrides a task's defaults
-  (used by ``t5kit generate``, ``t5kit eval``, ``t5kit demo`` and ``t5kit serve``);
+  (used by ``t5kit generate``, ``t5kit eval``, ``t5kit demo`` and ``t5kit serve``). A list of ids is
+  ``--decoder-prefix 5,6``; a list of id sequences is ``--bad-words-ids "3 4,7"`` (commas between
+  sequences, spaces inside one) or JSON ``'[[3, 4], [7]]'``;
 - ``options_from_args(args) -> dict``: the options the user gave, as ``generate()`` keyword arguments,
   each value checked at once (a bad value raises :class:`GenerationError` naming the flag's option).
   ``--seed N`` becomes ``generator=torch.Generator().manual_seed(N)``;
@@ -21,6 +24,8 @@ The functions other modules call (named here so that the CLI and the server can 
   ready for ``generate()``) and ``.seed``; the cross-option checks (``num_return_sequences`` against
   ``num_beams`` ...) run when a request is parsed, so a bad request gets the GenerationError message;
 - ``check_option(name, value)``: one option's own check (the one ``__post_init__`` runs);
+- ``check_token_ids(config, vocab_size)``: every id an option holds is in the model's vocabulary (run by
+  ``generate``, ``stream`` and the continuous batcher on the resolved config);
 - ``option_fields()``: the fields, for anything else that lists the options.
 
 Precision (fp32 / bf16 / int8) picks the weights, not the search, so it is not an option here. It lives in
@@ -32,10 +37,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -88,6 +94,19 @@ class GenerationConfig:
     repetition_penalty: float = _option(1.0, "divide the logits of tokens already present by this (1: off)", ge=1e-3,
                                         le=1e3, finite=True)
     suppress_tokens: Sequence[int] = _option((), "token ids never generated", ge=0)
+    # The constraints (#19). Each one costs nothing per step while unset (LogitsProcessors.active).
+    bad_words_ids: Sequence[Sequence[int]] = _option(
+        (), "token-id sequences never generated (a multi-token one: its last id is banned after the others)", ge=0)
+    decoder_prefix: Sequence[int] = _option((), "token ids the output is forced to start with, then decoding is "
+                                            "free (CTranslate2's target_prefix)", ge=0)
+    allowed_sequences: Sequence[Sequence[int]] = _option(
+        (), "the output is one of these token-id sequences, each ending in EOS (appended when missing); the "
+        "text form is Generator.generate(choices=[...])", ge=0)
+    force_words_ids: Sequence[Sequence[int]] = _option(
+        (), "token-id sequences every output contains (constrained beam search: num_beams >= 2, no sampling)", ge=0)
+    prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], Sequence[int]] | None = _option(
+        None, "Python only: f(batch_id, decoder ids so far) -> the ids allowed next (transformers' "
+              "prefix_allowed_tokens_fn)", request=False, cli=False)
     eos_token_id: int | None = _option(None, "end-of-sequence id (default: the model's)", ge=0, request=False)
     pad_token_id: int | None = _option(None, "padding id (default: the model's)", ge=0, request=False)
     decoder_start_token_id: int | None = _option(None, "decoder start id (default: the model's)", ge=0,
@@ -97,10 +116,15 @@ class GenerationConfig:
         for f in dataclasses.fields(self):
             check_option(f.name, getattr(self, f.name))
         self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
+        self.decoder_prefix = tuple(int(t) for t in self.decoder_prefix)
+        self.bad_words_ids = tuple(tuple(int(t) for t in word) for word in self.bad_words_ids)
+        self.allowed_sequences = tuple(tuple(int(t) for t in seq) for seq in self.allowed_sequences)
+        self.force_words_ids = tuple(tuple(int(t) for t in word) for word in self.force_words_ids)
         if self.num_return_sequences > self.num_beams and not self.do_sample:
             raise GenerationError(
                 f"num_return_sequences ({self.num_return_sequences}) > num_beams ({self.num_beams}): without "
                 "sampling there are only num_beams distinct outputs; raise num_beams or set do_sample=True")
+        _check_constraints(self)
 
     @classmethod
     def from_options(cls, base: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
@@ -129,6 +153,107 @@ class GenerationConfig:
             return ((5.0 + length) / 6.0) ** self.length_penalty
         return float(length) ** self.length_penalty
 
+    def choice_sequences(self) -> tuple[tuple[int, ...], ...]:
+        """``allowed_sequences`` each ending in EOS, duplicates removed (first kept): what the trie holds.
+        Needs ``eos_token_id`` (see :meth:`resolved`)."""
+        eos = self.eos_token_id
+        if eos is None:
+            raise GenerationError("allowed_sequences needs an EOS id: set eos_token_id or resolve the config "
+                                  "against the model (GenerationConfig.resolved)")
+        ended = (seq if seq[-1] == eos else (*seq, eos) for seq in self.allowed_sequences)
+        return tuple(dict.fromkeys(ended))
+
+
+def _check_constraints(cfg: GenerationConfig) -> None:
+    """The constraints against each other and the other options (those a model's vocabulary settles are in
+    :func:`check_token_ids`). Checks that need the EOS id run once it is known (after ``resolved``)."""
+    eos, prefix, limit = cfg.eos_token_id, cfg.decoder_prefix, cfg.max_new_tokens
+    constrained = bool(prefix or cfg.allowed_sequences)
+    if cfg.do_sample and cfg.num_beams > 1 and (constrained or cfg.prefix_allowed_tokens_fn is not None):
+        # beam sampling draws 2 * num_beams distinct continuations a step: a forced token leaves one
+        raise GenerationError("decoder_prefix, allowed_sequences and prefix_allowed_tokens_fn cannot be combined "
+                              "with beam sampling (do_sample with num_beams > 1, which draws 2 * num_beams "
+                              "distinct tokens a step); use num_beams=1 to sample or do_sample=False for beams")
+    if len(prefix) > limit:
+        raise GenerationError(f"decoder_prefix has {len(prefix)} tokens, more than max_new_tokens={limit}: raise "
+                              "max_new_tokens or shorten the prefix")
+    banned = set(cfg.suppress_tokens) | {word[0] for word in cfg.bad_words_ids if len(word) == 1}
+    for t in prefix:
+        if t == eos:
+            raise GenerationError(f"decoder_prefix holds the EOS id {eos}: the output would end inside the prefix; "
+                                  "remove it")
+        if t in banned:
+            raise GenerationError(f"decoder_prefix forces token {t}, which suppress_tokens or bad_words_ids forbid: "
+                                  "remove it from one of them")
+    if cfg.force_words_ids:
+        _check_forced_words(cfg, banned)
+    if eos is not None and (eos,) in cfg.bad_words_ids:
+        raise GenerationError(f"bad_words_ids holds the EOS id {eos} alone (transformers drops it silently): to "
+                              f"forbid EOS use suppress_tokens=[{eos}], or min_new_tokens for a minimum length")
+    if not cfg.allowed_sequences:
+        return
+    for i, seq in enumerate(cfg.allowed_sequences):
+        # the EOS id is not known yet: the sequence's own length is the least it needs
+        needed = len(seq) if eos is None or seq[-1] == eos else len(seq) + 1
+        if needed > limit:
+            counted = "(EOS included)" if eos is not None else "or more (with EOS)"
+            raise GenerationError(f"allowed_sequences item {i} needs {needed} tokens {counted}, more than "
+                                  f"max_new_tokens={limit}: raise max_new_tokens")
+        if eos is not None and eos in seq[:-1]:
+            raise GenerationError(f"allowed_sequences item {i} holds the EOS id {eos} before its end: an output ends "
+                                  "at its first EOS; remove it")
+        if eos is not None and needed - 1 < cfg.min_new_tokens:
+            raise GenerationError(f"allowed_sequences item {i} has {needed - 1} tokens before EOS but min_new_tokens="
+                                  f"{cfg.min_new_tokens} forbids EOS until then: lower min_new_tokens")
+    if prefix and not any(seq[: len(prefix)] == prefix for seq in cfg.allowed_sequences):
+        raise GenerationError("no sequence of allowed_sequences starts with decoder_prefix: no output can meet both; "
+                              "drop one or make them agree")
+    if eos is None:
+        return
+    if eos in cfg.suppress_tokens:
+        raise GenerationError(f"allowed_sequences end with EOS (id {eos}), which suppress_tokens forbids: remove "
+                              f"{eos} from suppress_tokens")
+    distinct = len(cfg.choice_sequences())
+    if cfg.num_return_sequences > distinct:
+        raise GenerationError(f"num_return_sequences={cfg.num_return_sequences} is more than the {distinct} distinct "
+                              "allowed_sequences: lower num_return_sequences")
+
+
+def _check_forced_words(cfg: GenerationConfig, banned: set[int]) -> None:
+    words, eos = cfg.force_words_ids, cfg.eos_token_id
+    if cfg.num_beams < 2 or cfg.do_sample:
+        raise GenerationError("force_words_ids needs beam search without sampling: set num_beams >= 2 and "
+                              "do_sample=False")
+    others = [n for n in ("decoder_prefix", "allowed_sequences", "prefix_allowed_tokens_fn")
+              if getattr(cfg, n) not in ((), None)]
+    if others:
+        raise GenerationError(f"force_words_ids cannot be combined with {others[0]} (each decides which tokens "
+                              "may come next); use one of them")
+    total = sum(len(w) for w in dict.fromkeys(words))
+    if total > cfg.max_new_tokens:
+        raise GenerationError(f"force_words_ids need {total} tokens, more than max_new_tokens={cfg.max_new_tokens}: "
+                              "raise max_new_tokens or force fewer words")
+    for i, word in enumerate(words):
+        if eos is not None and eos in word:
+            raise GenerationError(f"force_words_ids item {i} holds the EOS id {eos}: an output ends at its first "
+                                  "EOS; remove it")
+        stuck = sorted(set(word) & banned)
+        if stuck:
+            raise GenerationError(f"force_words_ids item {i} holds {stuck}, which suppress_tokens or bad_words_ids "
+                                  "forbid: remove them from one of the two")
+
+
+def check_token_ids(cfg: GenerationConfig, vocab_size: int) -> None:
+    """Every token id an option holds is inside the model's vocabulary ``[0, vocab_size)`` (the one check:
+    ``generate``, ``stream`` and the continuous batcher run it on the resolved config)."""
+    for name in ("suppress_tokens", "decoder_prefix", "bad_words_ids", "allowed_sequences", "force_words_ids"):
+        value = getattr(cfg, name)
+        ids = value if _kind(name) is tuple else [t for seq in value for t in seq]
+        bad = sorted({t for t in ids if not 0 <= t < vocab_size})
+        if bad:
+            raise GenerationError(f"{name} holds ids outside the vocabulary [0, {vocab_size}): {bad}; were they "
+                                  "encoded with this model's tokenizer?")
+
 
 # ---------------------------------------------------------------------------------------------- one field
 
@@ -142,17 +267,27 @@ _FIELDS = {f.name: f for f in dataclasses.fields(GenerationConfig)}
 _HINTS = typing.get_type_hints(GenerationConfig)
 
 
-def _kind(name: str) -> type:
-    """int, float, bool, str, tuple (a list of ids) or object (a choice of mixed types): the value's kind."""
+def _kind(name: str) -> Any:
+    """int, float, bool, str, tuple (a list of ids), list (a list of id sequences), Callable (Python only), or
+    object (a choice of mixed types): the value's kind."""
     hint = _HINTS[name]
     args = [hint]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
     if len(args) > 1:  # bool | str: a choice among values of both types
         return object
-    if typing.get_origin(args[0]) in (Sequence, list, tuple):
-        return tuple
+    origin = typing.get_origin(args[0])
+    if origin is Callable:
+        return Callable
+    if origin in (Sequence, list, tuple):
+        (item,) = typing.get_args(args[0])
+        return list if typing.get_origin(item) in (Sequence, list, tuple) else tuple
     return args[0]
+
+
+def _on_command_line(f: dataclasses.Field) -> bool:
+    """A flag exists for the option (not for a Python callable)."""
+    return f.metadata.get("cli", True)
 
 
 def _bounds(meta: Mapping[str, Any]) -> str:
@@ -181,13 +316,31 @@ def check_option(name: str, value: Any) -> None:
         if not isinstance(value, bool):
             raise GenerationError(f"{name} must be True or False, got {value!r}")
         return
+    if kind is Callable:
+        if not callable(value):
+            raise GenerationError(f"{name} must be a function, got {value!r}")
+        return
     if kind is tuple:
+        _check_ids(name, value, meta, hint)
+        return
+    if kind is list:
         if isinstance(value, (str, bytes)) or not isinstance(value, Collection):
-            raise GenerationError(f"{name} must be a list of token ids, got {value!r}")
-        for item in value:
-            _check_number(name, item, int, meta, hint, what="token ids")
+            raise GenerationError(f"{name} must be a list of token-id sequences, got {value!r}")
+        # messages start with the option's name alone: the server reads the field from it
+        for i, seq in enumerate(value):
+            _check_ids(name, seq, meta, f" (in item {i}){hint}")
+            if len(seq) == 0:
+                raise GenerationError(f"{name} item {i} is empty: each sequence needs at least one token id "
+                                      "(a word that tokenizes to nothing cannot be matched)")
         return
     _check_number(name, value, kind, meta, hint)
+
+
+def _check_ids(name: str, value: Any, meta: Mapping[str, Any], hint: str) -> None:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Collection):
+        raise GenerationError(f"{name} must be a list of token ids, got {value!r}{hint}")
+    for item in value:
+        _check_number(name, item, int, meta, hint, what="token ids")
 
 
 def _check_number(name: str, value: Any, kind: type, meta: Mapping[str, Any], hint: str, what: str = "") -> None:
@@ -226,6 +379,20 @@ def _token_ids(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated token ids, not {text!r}") from None
 
 
+def _token_id_lists(text: str) -> tuple[tuple[int, ...], ...]:
+    """'3 4,7' (sequences separated by commas, the ids of one by spaces) or JSON '[[3, 4], [7]]'."""
+    try:
+        if text.lstrip().startswith("["):
+            value = json.loads(text)
+            if not isinstance(value, list) or not all(isinstance(seq, list) for seq in value):
+                raise ValueError
+            return tuple(tuple(seq) for seq in value)
+        return tuple(tuple(int(t) for t in part.split()) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected token-id sequences as '3 4,7' (commas between sequences, "
+                                         f"spaces inside one) or JSON [[3, 4], [7]], not {text!r}") from None
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = ()) -> Any:
     """One flag per :class:`GenerationConfig` field (minus ``exclude``), and ``--seed``, in a "decoding" group.
 
@@ -234,7 +401,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser, exclude: Collectio
     """
     group = parser.add_argument_group("decoding")
     for f in option_fields():
-        if f.name in exclude:
+        if f.name in exclude or not _on_command_line(f):
             continue
         kind = _kind(f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -251,6 +418,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser, exclude: Collectio
             kw.update(action="store_const", const=True, help="stop beam search early (early_stopping=True)")
         elif kind is tuple:
             kw.update(type=_token_ids, metavar="ID,ID...")
+        elif kind is list:
+            kw.update(type=_token_id_lists, metavar="'ID ID,ID...'",
+                      help=f"{help_}; sequences separated by commas, the ids of one by spaces: '3 4,7' (or JSON "
+                           "[[3, 4], [7]])")
         elif "choices" in f.metadata:
             kw["choices"] = list(f.metadata["choices"])
         else:
@@ -263,7 +434,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser, exclude: Collectio
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding options the user gave (each checked), plus ``generator`` for ``--seed``."""
-    options = {f.name: getattr(args, f.name) for f in option_fields() if getattr(args, f.name, None) is not None}
+    options = {f.name: getattr(args, f.name) for f in option_fields()
+               if _on_command_line(f) and getattr(args, f.name, None) is not None}
     for name, value in options.items():
         check_option(name, value)
     if getattr(args, "seed", None) is not None:
@@ -280,7 +452,7 @@ def _request_type(name: str) -> Any:
         hint: Any = Literal[tuple(f.metadata["choices"])]  # type: ignore[misc]
     else:
         kind = _kind(name)
-        hint = list[int] if kind is tuple else kind
+        hint = list[int] if kind is tuple else list[list[int]] if kind is list else kind
     return hint | None if f.default is None else hint
 
 
@@ -317,9 +489,9 @@ def generation_parameters_model(
         hint = _request_type(f.name)
         if default is None and f.default is not None:
             hint = hint | None
-        if _kind(f.name) is tuple:  # bounds apply to each id
+        if _kind(f.name) in (tuple, list):  # bounds apply to each id
             item = typing.Annotated[int, Field(**meta)]
-            hint, meta = list[item], {}
+            hint, meta = (list[item] if _kind(f.name) is tuple else list[list[item]]), {}
         allow_inf = {"allow_inf_nan": False} if _kind(f.name) is float else {}
         fields[f.name] = (hint, Field(default, description=f.metadata["help"], **meta, **allow_inf))
     if seed and "seed" not in exclude:

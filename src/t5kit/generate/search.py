@@ -13,6 +13,10 @@ Cost model: greedy and sampled rows that reach EOS leave the compute batch at on
 beam-search items that can no longer change leave it too, and a beam reorder copies only the filled part
 of the self-attention cache.
 
+Constraints (#19): bad words, the prefix-allowed-tokens function, ``allowed_sequences`` and ``decoder_prefix``
+are logits processors (:mod:`t5kit.generate.processors`), so every search and the continuous batcher apply
+them alike; ``force_words_ids`` needs its own beam search (:class:`ForcedWordsBeamState`).
+
 Two length penalties are offered: ``length_penalty_style="hf"`` divides the summed log-probability by
 ``length ** length_penalty`` (`transformers`), ``"gnmt"`` by ``((5 + length) / 6) ** length_penalty``
 (Wu et al. 2016, the T5 paper's beam search with alpha 0.6).
@@ -24,6 +28,7 @@ then searched like any other model.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +37,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from t5kit.generate.options import GenerationConfig, GenerationError
+from t5kit.generate.options import GenerationConfig, GenerationError, check_token_ids
 from t5kit.generate.processors import LogitsProcessors
 from t5kit.threads import decoding_threads, each_step, tick
 
@@ -154,9 +159,7 @@ def _in_precision(model: Any, precision: str | None) -> Any:
 
 def _config(model: Any, config: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:
     cfg = GenerationConfig.from_options(config, **options).resolved(model.config)
-    bad = [t for t in cfg.suppress_tokens if not 0 <= t < model.config.vocab_size]
-    if bad:
-        raise GenerationError(f"suppress_tokens holds ids outside the vocabulary [0, {model.config.vocab_size}): {bad}")
+    check_token_ids(cfg, model.config.vocab_size)
     return cfg
 
 
@@ -249,7 +252,9 @@ class SampleState:
         self.lengths = [self.max_new] * rows
         self.reasons: dict[int, str] = {}
         self.processors = LogitsProcessors(cfg, vocab)
-        self.needs_history = cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0
+        self.needs_history = self.processors.needs_history
+        # prefix_allowed_tokens_fn's batch id: the input of a row (transformers': row // copies)
+        self.copies = cfg.num_return_sequences if cfg.prefix_allowed_tokens_fn is not None else 0
         self.rows = torch.arange(rows, device=device)  # rows still decoding, in cache order
         self.tokens = self.out[:, :1]  # the next decoder input, one per row still decoding
         self.step = 0
@@ -266,7 +271,8 @@ class SampleState:
         that go on, or None when all of them do)."""
         cfg, step, rows = self.cfg, self.step, self.rows
         history = self.out[:, : step + 1].index_select(0, rows) if self.needs_history else self.out[:0]
-        scores = self.processors.apply(logits, history, step, in_place=True)
+        batch_ids = (rows // self.copies).tolist() if self.copies else None
+        scores = self.processors.apply(logits, history, step, in_place=True, batch_ids=batch_ids)
         if cfg.do_sample:
             scores = self.processors.warped(scores)
             next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)[:, 0]
@@ -419,7 +425,9 @@ class BeamState:
         vocab = logits.shape[-1]
         log_probs = torch.log_softmax(logits, dim=-1)
         flat_running = self.running_sequences.view(b * K, max_len)[:, :cur_len]
-        log_probs = self.processors.apply(log_probs, flat_running, cur_len - 1, in_place=True)
+        batch_ids = self.items.repeat_interleave(K).tolist() if cfg.prefix_allowed_tokens_fn is not None else None
+        log_probs = self.processors.apply(log_probs, flat_running, cur_len - 1, in_place=True, batch_ids=batch_ids,
+                                          group=K)
         if cfg.do_sample:
             log_probs = self.processors.warped(log_probs, beam_sampling=True)
         log_probs = log_probs.view(b, K, vocab) + self.running_beam_scores[:, :, None]
@@ -543,12 +551,251 @@ class BeamState:
                                 scores=chosen_scores if with_scores else None, num_new_tokens=lengths)
 
 
+class ForcedWordsBeamState:
+    """Constrained beam search: every output contains each of ``force_words_ids`` (each word a contiguous run
+    of ids; no disjunctions). Post & Vilar's (2018) dynamic beam allocation, as transformers' (4.x)
+    ConstrainedBeamSearchScorer does it, but not token-identical to it: transformers 5.x moved that search to
+    a hub repository (transformers-community/constrained-beam-search) that cannot be run here.
+
+    Each step, every running beam offers its best 2 * num_beams continuations and also the next token of
+    each word it has not yet contained (so a word is always tried, however unlikely). The num_beams that go
+    on are chosen round-robin over *banks*, the number of forced tokens a hypothesis has matched, best score
+    first within each, so that hypotheses on their way to a word survive beside freer ones. A hypothesis may
+    end (EOS, or the length limit) only once it holds every word, and a continuation is allowed only if
+    every word still fits in the steps left (so the limit never leaves a beam unable to meet them: when it
+    is tight, the next token of the word matched furthest is what is left). Scores are those of beam search: the
+    summed log-probabilities of the processed distribution, divided by the length penalty.
+
+    The interface is :class:`BeamState`'s, so ``generate`` and the continuous batcher drive both alike.
+    """
+
+    def __init__(self, cfg: GenerationConfig, items: int, vocab: int, generator: torch.Generator | None,
+                 device: torch.device | str = "cpu"):
+        self.cfg, self.vocab = cfg, vocab
+        K = self.K = cfg.num_beams
+        self.max_new = cfg.max_new_tokens
+        self.max_len = self.max_new + 1
+        self.words = tuple(dict.fromkeys(cfg.force_words_ids))
+        self.word_tokens = sorted({t for w in self.words for t in w})
+        self.processors = LogitsProcessors(cfg, vocab)
+        self.running_sequences = torch.full((items, K, self.max_len), cfg.pad_token_id, dtype=torch.long,
+                                            device=device)
+        self.running_sequences[:, :, 0] = cfg.decoder_start_token_id
+        # only beam 0 is live at first (all beams start from the same decoder start)
+        self.running_beam_scores = torch.full((items, K), -math.inf, dtype=torch.float32, device=device)
+        self.running_beam_scores[:, 0] = 0.0
+        start = (0,) * len(self.words)  # per word: how many of its ids the hypothesis's end matches (len: met)
+        self.states = [[start] * K for _ in range(items)]
+        self.finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(items)]  # (score, ids)
+        self.final: dict[int, list[tuple[float, list[int]]]] = {}  # the finished hypotheses of items that left
+        self.items = torch.arange(items, device=device)
+        self.cur_len = 1
+        self.done = False
+        self._moves: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
+
+    @property
+    def num_rows(self) -> int:
+        return self.items.numel() * self.K
+
+    def next_input(self) -> Tensor:
+        return self.running_sequences.view(-1, self.max_len)[:, self.cur_len - 1: self.cur_len]
+
+    # -- the words' bookkeeping (a state: per word, the longest suffix of the output that begins it)
+    def _move(self, state: tuple[int, ...], token: int) -> tuple[int, ...]:
+        key = (state, token)
+        if key not in self._moves:
+            new = []
+            for word, matched in zip(self.words, state):
+                if matched == len(word):
+                    new.append(matched)
+                    continue
+                seq = (*word[:matched], token)  # the longest match after token ends with it (KMP's argument)
+                new.append(next((q for q in range(len(seq), 0, -1) if seq[-q:] == word[:q]), 0))
+            self._moves[key] = tuple(new)
+        return self._moves[key]
+
+    def _needed(self, state: tuple[int, ...]) -> int:
+        """Tokens that surely meet every word from here: the rest of the unmet word matched furthest, then the
+        others whole. Appending that word's next token lowers it by at least one (its match grows by one, or it
+        is met), so a beam that can meet the words within the limit always keeps a token that can."""
+        unmet = [(len(w), m) for w, m in zip(self.words, state) if m < len(w)]
+        return sum(n for n, _ in unmet) - max((m for _, m in unmet), default=0)
+
+    def _fresh_needed(self, state: tuple[int, ...]) -> int:
+        """:meth:`_needed` after a token of no word (every partial match lost)."""
+        return sum(len(w) for w, m in zip(self.words, state) if m < len(w))
+
+    def advance(self, logits: Tensor) -> tuple[Tensor, Tensor | None] | None:
+        cfg, K, cur_len = self.cfg, self.K, self.cur_len
+        b, device, eos = self.items.numel(), logits.device, cfg.eos_token_id
+        vocab = logits.shape[-1]
+        log_probs = torch.log_softmax(logits, dim=-1)
+        flat_running = self.running_sequences.view(b * K, self.max_len)[:, :cur_len]
+        log_probs = self.processors.apply(log_probs, flat_running, cur_len - 1, in_place=True, group=K)
+        left = self.max_new - cur_len  # steps left after this one
+        word_tokens = torch.tensor(self.word_tokens, device=device)
+        allowed = torch.ones_like(log_probs, dtype=torch.bool)
+        offers: list[list[int]] = []  # per row: the next token of each unmet word
+        for row in range(b * K):
+            state = self.states[row // K][row % K]
+            if self._fresh_needed(state) > left:
+                allowed[row] = False
+            allowed[row, word_tokens] = torch.tensor([self._needed(self._move(state, t)) <= left
+                                                      for t in self.word_tokens], device=device)
+            if eos is not None:
+                allowed[row, eos] = self._needed(state) == 0
+            offers.append([w[m] for w, m in zip(self.words, state) if m < len(w)])
+        scores = log_probs.masked_fill_(~allowed, -math.inf) + self.running_beam_scores.view(-1, 1)
+        top_scores, top_ids = torch.topk(scores, min(2 * K, vocab), dim=-1)
+        top_scores, top_ids = top_scores.tolist(), top_ids.tolist()
+        final = cur_len + 1 >= self.max_len
+
+        new_sequences = self.running_sequences.clone()
+        new_scores = torch.full_like(self.running_beam_scores, -math.inf)
+        source_beam = torch.zeros((b, K), dtype=torch.long)
+        alive = [True] * b
+        for i in range(b):
+            seen: dict[tuple[int, int], float] = {}
+            for beam in range(K):
+                row = i * K + beam
+                for s, t in zip(top_scores[row], top_ids[row]):
+                    seen[(beam, t)] = s
+                for t in offers[row]:
+                    seen.setdefault((beam, t), float(scores[row, t]))
+            candidates = []  # (score, bank, beam, token, state)
+            for (beam, t), s in seen.items():
+                if s == -math.inf:
+                    continue
+                state = self._move(self.states[i][beam], t)
+                if t == eos or final:
+                    ids = self.running_sequences[i, beam, 1:cur_len].tolist() + [t]
+                    self.finished[i].append((s / cfg.penalty(cur_len), ids))
+                else:
+                    candidates.append((s, sum(state), beam, t, state))
+            self.finished[i] = sorted(self.finished[i], key=lambda f: -f[0])[:K]
+            chosen = self._allocate(candidates)
+            for k, (s, _, beam, t, state) in enumerate(chosen):
+                new_sequences[i, k] = self.running_sequences[i, beam]
+                new_sequences[i, k, cur_len] = t
+                new_scores[i, k] = s
+                source_beam[i, k] = beam
+                self.states[i][k] = state
+            for k in range(len(chosen), K):  # fewer live continuations than beams: dead copies fill the rows
+                new_sequences[i, k] = new_sequences[i, 0]
+                source_beam[i, k] = source_beam[i, 0]
+                self.states[i][k] = self.states[i][0]
+            alive[i] = bool(chosen) and not final and not self._settled_item(i, chosen[0][0], cur_len + 1)
+        self.running_sequences, self.running_beam_scores = new_sequences, new_scores
+        self.cur_len = cur_len + 1
+        source_beam = source_beam.to(device)
+        for i in range(b):
+            if not alive[i]:
+                self.final[int(self.items[i])] = self.finished[i]
+        if not any(alive):
+            self.items = self.items[:0]
+            self.finished = []
+            self.done = True
+            return None
+        if not all(alive):
+            keep = torch.tensor([i for i in range(b) if alive[i]], device=device)
+            self.items = self.items[keep]
+            self.running_sequences = self.running_sequences[keep]
+            self.running_beam_scores = self.running_beam_scores[keep]
+            self.states = [self.states[i] for i in keep.tolist()]
+            self.finished = [self.finished[i] for i in keep.tolist()]
+            source_beam = source_beam[keep]
+            row_items, cross_items = keep, keep
+        else:
+            row_items, cross_items = torch.arange(b, device=device), None
+        rows = (row_items[:, None] * K + source_beam).reshape(-1)
+        return rows, cross_items
+
+    def _allocate(self, candidates: list) -> list:
+        """num_beams candidates, round-robin over banks (most forced tokens matched first), best score first
+        within a bank; returned best score first."""
+        banks: dict[int, list] = {}
+        for c in sorted(candidates, key=lambda c: -c[0]):
+            banks.setdefault(c[1], []).append(c)
+        order = [banks[k] for k in sorted(banks, reverse=True)]
+        chosen: list = []
+        depth = 0
+        while len(chosen) < self.K and any(depth < len(bank) for bank in order):
+            for bank in order:
+                if depth < len(bank) and len(chosen) < self.K:
+                    chosen.append(bank[depth])
+            depth += 1
+        return sorted(chosen, key=lambda c: -c[0])
+
+    def _settled_item(self, i: int, best_running: float, cur_len: int) -> bool:
+        """Whether item ``i``'s finished hypotheses can no longer change (BeamState's early-stopping rule)."""
+        cfg = self.cfg
+        if len(self.finished[i]) < self.K:
+            return False
+        if cfg.early_stopping is True:
+            return True
+        if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+            best_length = self.max_len - 1
+        else:
+            best_length = cur_len - 1
+        return best_running / cfg.penalty(best_length) <= self.finished[i][-1][0]
+
+    def settled(self) -> tuple[Tensor, Tensor]:
+        """(items still running, how many leading generated tokens every running beam and finished hypothesis
+        of each share): tokens no later step can change."""
+        counts = []
+        for i in range(self.items.numel()):
+            seqs = [s[1: self.cur_len] for s in self.running_sequences[i].tolist()]
+            seqs += [ids for _, ids in self.finished[i]]
+            n = 0
+            while all(len(s) > n and s[n] == seqs[0][n] for s in seqs):
+                n += 1
+            counts.append(n)
+        return self.items, torch.tensor(counts, dtype=torch.long)
+
+    def output(self, with_scores: bool) -> GenerationOutput:
+        cfg = self.cfg
+        final = dict(self.final)
+        for position, item in enumerate(self.items.tolist()):
+            final[item] = self.finished[position]
+        nrs = cfg.num_return_sequences
+        rows: list[list[int]] = []
+        scores: list[float] = []
+        for item in range(len(final)):
+            best = final[item][:nrs]
+            if len(best) < nrs:  # every live beam meets the words by the limit: only a ban can kill them all
+                raise GenerationError(
+                    f"constrained beam search found {len(best)} hypotheses holding every forced word for input "
+                    f"{item}, fewer than num_return_sequences={nrs}: another option (no_repeat_ngram_size, "
+                    "bad_words_ids, repetition_penalty ...) forbids what they need; relax it or force fewer words")
+            for score, ids in best:
+                rows.append(ids)
+                scores.append(score)
+        longest = max(len(r) for r in rows)
+        device = self.running_sequences.device
+        sequences = torch.full((len(rows), longest + 1), cfg.pad_token_id, dtype=torch.long, device=device)
+        sequences[:, 0] = cfg.decoder_start_token_id
+        for r, ids in enumerate(rows):
+            sequences[r, 1: 1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        reasons = ["eos" if ids and ids[-1] == cfg.eos_token_id else "length" for ids in rows]
+        return GenerationOutput(sequences=sequences, stop_reasons=reasons,
+                                scores=torch.tensor(scores, device=device) if with_scores else None,
+                                num_new_tokens=[len(ids) for ids in rows])
+
+
+def beam_state(cfg: GenerationConfig, items: int, vocab: int, generator: torch.Generator | None,
+               device: torch.device | str = "cpu") -> BeamState | ForcedWordsBeamState:
+    """The beam-search state for ``cfg``: constrained (``force_words_ids``) or transformers' own."""
+    if cfg.force_words_ids:
+        return ForcedWordsBeamState(cfg, items, vocab, generator, device)
+    return BeamState(cfg, items, vocab, generator, device)
+
+
 def _beam_search(model: Any, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig, with_scores: bool,
                  generator: torch.Generator | None) -> GenerationOutput:
     """:class:`BeamState` over one cache; items that can no longer change leave the compute batch, and a
     beam reorder moves only the self-attention rows that change."""
     K = cfg.num_beams
-    search = BeamState(cfg, input_ids.shape[0], model.config.vocab_size, generator, input_ids.device)
+    search = beam_state(cfg, input_ids.shape[0], model.config.vocab_size, generator, input_ids.device)
     encoder_hidden = model.encode(input_ids, attention_mask)
     cache = model.new_cache(encoder_hidden, attention_mask, max_length=cfg.max_new_tokens)
     del encoder_hidden
