@@ -414,3 +414,27 @@ def test_precision_choices_are_the_shared_ones(live):
     assert model["precision"] == "int8"
     r = httpx.post(s.url + "/v1/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 4}}, timeout=30)
     assert r.status_code == 200 and r.json()["outputs"][0]["output_tokens"] >= 1
+
+
+def test_constraints_through_the_api(client):
+    """The decoding constraints of GenerationConfig reach the server; "choices" is their text form, and a
+    constraint that breaks a rule of this model is a 422 before anything is queued."""
+    choices = ["yes", "no", "not at all"]
+    for parameters in ({}, {"num_beams": 3}):
+        out = generate(client, inputs=["Is it?", "The house is wonderful."], choices=choices, parameters=parameters)
+        assert all(o["text"] in choices for o in out["outputs"]), out
+    prefixed = generate(client, inputs="Hello", parameters={"decoder_prefix": [71, 72], "max_new_tokens": 6})
+    assert prefixed["outputs"][0]["token_ids"][:2] == [71, 72]
+    banned = generate(client, inputs="Hello", parameters={"max_new_tokens": 8})["outputs"][0]["token_ids"]
+    assert banned, "the unconstrained output is empty: nothing to ban"
+    again = generate(client, inputs="Hello", parameters={"max_new_tokens": 8, "bad_words_ids": [[banned[0]]]})
+    assert banned[0] not in again["outputs"][0]["token_ids"]
+    for body, words in [
+        ({"inputs": "x", "parameters": {"decoder_prefix": [1]}}, "EOS"),
+        ({"inputs": "x", "parameters": {"bad_words_ids": [[10**6]]}}, "outside the vocabulary"),
+        ({"inputs": "x", "choices": []}, "choices"),
+        ({"inputs": "x", "choices": ["a"], "parameters": {"allowed_sequences": [[5, 1]]}}, "not both"),
+    ]:
+        r = client.post("/v1/generate", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert words in r.json()["error"]["message"], (body, r.json())

@@ -38,7 +38,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from t5kit import __version__
 from t5kit.errors import T5kitError
-from t5kit.pipeline import TextStream
+from t5kit.generate.options import GenerationError
+from t5kit.pipeline import TextStream, with_choices
 from t5kit.serve.batcher import Batcher, BatcherClosed, BatcherError, Row, RowEvent, ScoreWork, Ticket
 from t5kit.serve.continuous import DEFAULT_MAX_ENCODER_TOKENS, ContinuousBatcher
 from t5kit.serve.engine import DecodingSettings, Engine
@@ -284,7 +285,16 @@ def create_app(
             mode = "stream" if req.stream else "json"
             checked = check_request(req, limits, stream_beams=batcher.streams_beams)
             texts, new_tokens = checked.texts, checked.max_new_tokens
-            settings = settings_of(checked.options, new_tokens, checked.seed)
+            options = checked.options
+            try:
+                if req.choices is not None:  # "one of these strings": their token ids, the pipeline's way
+                    if not options.get("allowed_sequences"):  # the default (none) is not a second set
+                        options = {k: v for k, v in options.items() if k != "allowed_sequences"}
+                    options = with_choices(engine.tokenizer, options, req.choices, given={"max_new_tokens"})
+                engine.check_options(dict(options, max_new_tokens=new_tokens))
+            except GenerationError as err:
+                raise APIError(422, "invalid_request", f"parameters: {err}") from None
+            settings = settings_of(options, new_tokens, checked.seed)
             ids = encode(texts, req.task)
             check_queue(len(ids))
         except APIError as err:

@@ -17,6 +17,8 @@ import torch
 from t5kit.data.prefixes import task_options, task_prefixes
 from t5kit.generate import generate, stream
 from t5kit.generate.continuous import ContinuousDecoder, Job
+from t5kit.generate.options import GenerationConfig, check_token_ids
+from t5kit.generate.processors import LogitsProcessors
 from t5kit.generate.score import rank
 from t5kit.hub import resolve
 from t5kit.kernels import install as install_kernels
@@ -215,6 +217,13 @@ class Engine:
                     if produced[row] >= limits[row]:
                         ended[row] = True
                         yield row, None, "length"
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """The checks decoding makes against this model (token ids inside its vocabulary, EOS inside a forced
+        prefix or a choice ...), made now: a request that breaks one is answered 422, not failed later."""
+        cfg = GenerationConfig.from_options(**options).resolved(self.model.config)
+        check_token_ids(cfg, self.model.config.vocab_size)
+        LogitsProcessors(cfg, self.model.config.vocab_size)
 
     # --------------------------------------------------------------------------------- continuous batching
     def options(self, settings: DecodingSettings, max_new_tokens: int) -> dict[str, Any]:

@@ -118,6 +118,9 @@ class GenerateRequest(BaseModel):
     task: str | None = Field(None, description="a task preset whose prefix is prepended (see /v1/models)")
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)  # type: ignore[valid-type]
     stream: bool = Field(False, description="answer as server-sent events: token, end (per input), done")
+    choices: list[str] | None = Field(
+        None, description="the output must be one of these strings (a trie over their tokens; greedy, beams, "
+        "sampling); parameters.allowed_sequences is the same in token ids")
 
 
 class Output(BaseModel):
