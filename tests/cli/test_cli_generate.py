@@ -161,3 +161,16 @@ def test_seed_and_precision_flags_reach_the_generator(checkpoint, capsys):
     int8 = Generator.from_pretrained(str(checkpoint), precision="int8")
     expected = [r.text for r in int8.generate(texts, max_new_tokens=8)]
     assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_choices_flag_keeps_every_output_in_the_set(checkpoint, capsys):
+    from t5kit.cli import main
+
+    texts = ["Hello world", "Good morning", "A longer sentence about a house."]
+    for extra in ([], ["--num-beams", "3"], ["--do-sample", "--seed", "1"]):
+        assert main(["generate", "--model", str(checkpoint), "--choices", "yes;no;maybe not", "--choice-separator",
+                     ";", *extra, *texts]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 3 and set(lines) <= {"yes", "no", "maybe not"}, lines
+    assert main(["generate", "--model", str(checkpoint), "--choices", "a,,b", "x"]) != 0
+    assert "tokenizes to nothing" in capsys.readouterr().err

@@ -117,6 +117,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _quiet_length_warnings()
     texts = read_inputs(args)
     options = decoding_options(args)  # a bad value fails before the model loads
+    if args.choices is not None:  # "one of these strings" (Generator.generate(choices=): a trie over their tokens)
+        options["choices"] = [c.strip() for c in args.choices.split(args.choice_separator)]
     generator = load_generator(args)
     if len(texts) == 1 and not args.output and (args.stream or sys.stdout.isatty()):
         for piece in generator.stream(texts[0], task=args.task, **options):
@@ -205,6 +207,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="apply a task's prefix and decoding defaults (the model's task_specific_params) or a "
                         "preset's prefix (t5kit.data.prefixes: translate_en_de, summarize ...)")
     p.add_argument("--stream", action="store_true", help="stream a single output token by token")
+    p.add_argument("--choices", default=None,
+                   help="the output must be one of these comma-separated strings (e.g. 'yes,no'): constrained "
+                        "decoding over a trie of their tokens; see `t5kit score --choices` for ranking them")
+    p.add_argument("--choice-separator", default=",", help="what separates --choices (default: a comma)")
     add_model_arguments(p)
     add_decoding_arguments(p)
     p.set_defaults(func=cmd_generate)
