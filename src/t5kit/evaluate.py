@@ -123,7 +123,10 @@ def evaluate(generator: Any, task: Any, split: str = "test", *, metrics: list[st
         chunk = order[i : i + batch_size]
         texts = [examples[j]["inputs"] for j in chunk]
         if label_set is not None:
-            outputs = [_Ranked(c.label) for c in generator.classify(texts, label_set)]
+            # no length limits: an eval reads the split as it is (the generate mode has none either)
+            ranked = generator.classify(texts, label_set, batch_size=batch_size, max_input_tokens=None,
+                                        max_target_tokens=None)
+            outputs = [_Ranked(c.label) for c in ranked]
         else:
             outputs = generator.generate(texts, batch_size=batch_size, **decoding)
         for j, out in zip(chunk, outputs):

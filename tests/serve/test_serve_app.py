@@ -438,3 +438,11 @@ def test_constraints_through_the_api(client):
         r = client.post("/v1/generate", json=body)
         assert r.status_code == 422, (body, r.text)
         assert words in r.json()["error"]["message"], (body, r.json())
+
+
+def test_choices_fit_the_length_and_have_a_limit(client):
+    long_choice = "a much longer answer than the default limit would ever allow " * 6
+    out = generate(client, inputs="x", choices=["short", long_choice], parameters={"num_beams": 2})
+    assert out["outputs"][0]["text"] in ("short", long_choice.strip())
+    r = client.post("/v1/generate", json={"inputs": "x", "choices": [f"c{i}" for i in range(65)]})
+    assert r.status_code == 422 and r.json()["error"]["limit"] == "max_choices"

@@ -75,11 +75,18 @@ def test_classification_picks_the_best_choice_and_normalises(server):
 
 
 def test_scoring_runs_beside_generation(server):
+    """Continuous batching scores between two decoding steps: the answers come while a long generation is
+    still decoding. The static batcher scores between two batches: after it, but it still answers."""
+    from serve_helpers import wait_until
+
     thread, result = server.post_in_thread({"inputs": ["long one"] * 3,
-                                            "parameters": {"max_new_tokens": 120, "min_new_tokens": 120}})
+                                            "parameters": {"max_new_tokens": 250, "min_new_tokens": 250}})
+    wait_until(lambda: server.metrics.value("t5kit_rows_running") == 3, "the long generation decoding")
     for _ in range(3):
         r = post(server, {"inputs": "x", "choices": ["a", "b"]})
         assert r.status_code == 200, r.text
+    if server.app.state.batching == "continuous":
+        assert thread.is_alive(), "the scores waited for the generation to end"
     thread.join(BOUND_S)
     assert result["status"] == 200
 
@@ -98,6 +105,7 @@ def test_scoring_runs_beside_generation(server):
     ({"inputs": "x", "choices": ["a"], "normalize": "max"}, 422, "normalize"),
     ({"inputs": "", "targets": "a"}, 422, "inputs[0] is empty"),
     ({"inputs": "x", "targets": "a", "extra": 1}, 422, "extra"),
+    ({"inputs": "x", "choices": ["a", "\u200b"]}, 422, "tokenizes to nothing"),
 ])
 def test_bad_score_requests_are_answered_4xx(server, body, status, words):
     r = post(server, body)

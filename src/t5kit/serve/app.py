@@ -288,9 +288,18 @@ def create_app(
             options = checked.options
             try:
                 if req.choices is not None:  # "one of these strings": their token ids, the pipeline's way
+                    if len(req.choices) > limits.max_choices:
+                        raise limit_error(422, "max_choices", limits.max_choices,
+                                          f"choices has {len(req.choices)} strings")
                     if not options.get("allowed_sequences"):  # the default (none) is not a second set
                         options = {k: v for k, v in options.items() if k != "allowed_sequences"}
-                    options = with_choices(engine.tokenizer, options, req.choices, given={"max_new_tokens"})
+                    given = {"max_new_tokens"} if req.parameters.max_new_tokens is not None else set()
+                    options = with_choices(engine.tokenizer, options, req.choices, given=given)
+                    if not given:  # unsaid: as long as the longest choice (the pipeline's rule)
+                        new_tokens = options["max_new_tokens"]
+                        if new_tokens > limits.max_new_tokens:
+                            raise limit_error(422, "max_new_tokens", limits.max_new_tokens,
+                                              f"the longest choice is {new_tokens} tokens long (with EOS)")
                 engine.check_options(dict(options, max_new_tokens=new_tokens))
             except GenerationError as err:
                 raise APIError(422, "invalid_request", f"parameters: {err}") from None
@@ -478,7 +487,17 @@ def create_app(
             checked = check_score_request(req, limits)
             ids = encode(checked.texts, req.task)
             candidates = [engine.tokenizer.batch_encode(group) for group in checked.candidates]
+            eos = engine.model.config.eos_token_id
             for i, group in enumerate(candidates):
+                where = f"choices of input {i}" if checked.classify else f"targets[{i}]"
+                for j, target in enumerate(group):
+                    if target == [eos]:
+                        raise APIError(422, "invalid_request", f"{where}: {checked.candidates[i][j]!r} tokenizes to "
+                                       "nothing (EOS alone); every candidate needs text the vocabulary holds")
+                    if target in group[:j]:
+                        raise APIError(422, "invalid_request", f"{where}: {checked.candidates[i][j]!r} tokenizes "
+                                       f"like {checked.candidates[i][group.index(target)]!r}; they would score the "
+                                       "same: send one of them")
                 for j, target in enumerate(group):
                     if len(target) > limits.max_new_tokens:
                         where = f"choices of input {i}, [{j}]" if checked.classify else f"targets[{i}]"

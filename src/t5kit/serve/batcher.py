@@ -140,6 +140,7 @@ class Batcher:
         self._running = 0  # rows in the batch being decoded
         self._free_since = 0.0  # when the worker finished its last batch
         self._thread: threading.Thread | None = None
+        self._scoring_rows = 0  # candidates of POST /v1/score requests not answered yet
 
     # ------------------------------------------------------------------------------------ public
     def start(self) -> None:
@@ -163,14 +164,23 @@ class Batcher:
         steps to run it between, and a scoring pass is one short model call)."""
         if self._closing:
             raise BatcherClosed("the server is shutting down")
+        with self._cond:
+            self._scoring_rows += work.rows  # counted in queue_depth: the queue limit covers scoring too
 
         def run() -> None:
+            result, error = None, None
             try:
-                result = self.engine.score_works([work])[0]
+                if not work.cancelled():  # timed out while waiting for the engine: nobody to answer
+                    result = self.engine.score_works([work])[0]
             except Exception as err:  # noqa: BLE001 - reported to the request
-                work.done(None, f"{type(err).__name__}: {err}")
-                return
-            work.done(result, None)
+                error = f"{type(err).__name__}: {err}"
+            finally:
+                with self._cond:
+                    self._scoring_rows -= work.rows
+            try:
+                work.done(result, error)
+            except RuntimeError:  # the app's event loop is gone (shutdown)
+                pass
 
         threading.Thread(target=run, name="t5kit-score", daemon=True).start()
 
@@ -186,7 +196,7 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + self._scoring_rows
 
     @property
     def rows_running(self) -> int:

@@ -249,11 +249,14 @@ class ContinuousBatcher:
         try:
             results = self.engine.score_works(works)
         except Exception as err:  # noqa: BLE001 - a failed scoring call fails its requests, not the worker
-            for work in works:
-                work.done(None, f"{type(err).__name__}: {err}")
-            return
+            results, error = [None] * len(works), f"{type(err).__name__}: {err}"
+        else:
+            error = None
         for work, result in zip(works, results):
-            work.done(result, None)
+            try:
+                work.done(result, error)
+            except RuntimeError:  # the app's event loop is gone (shutdown): nobody to answer
+                pass
 
     def _admit(self, decoder: ContinuousDecoder, joining: list[_Request]) -> None:
         jobs = []

@@ -28,6 +28,13 @@ from t5kit.pipeline import undecodable_ids
 from t5kit.tokenizer import load_tokenizer
 
 
+def _frozen(value: Any) -> Any:
+    """Lists (token-id options: bad words, prefixes, choices) as tuples, so settings hash."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
 @dataclass
 class Scored:
     """One input's candidates scored: summed and per-token-mean log-likelihoods, and per-token ones."""
@@ -59,7 +66,7 @@ class DecodingSettings:
         limit must be exact."""
         beams = options.get("num_beams", 1) > 1
         length_group = max_new_tokens if beams else 1 << (max_new_tokens - 1).bit_length()
-        return cls(tuple(sorted(options.items())), seed, group, length_group)
+        return cls(tuple(sorted((k, _frozen(v)) for k, v in options.items())), seed, group, length_group)
 
     def generate_options(self) -> dict[str, Any]:
         """The ``t5kit.generate`` keyword arguments (those that are not batching bookkeeping)."""
@@ -221,6 +228,8 @@ class Engine:
     def check_options(self, options: dict[str, Any]) -> None:
         """The checks decoding makes against this model (token ids inside its vocabulary, EOS inside a forced
         prefix or a choice ...), made now: a request that breaks one is answered 422, not failed later."""
+        if self.undecodable:  # as decoding will run it (Engine.options): the ids the tokenizer cannot decode
+            options = {**options, "suppress_tokens": tuple(options.get("suppress_tokens", ())) + self.undecodable}
         cfg = GenerationConfig.from_options(**options).resolved(self.model.config)
         check_token_ids(cfg, self.model.config.vocab_size)
         LogitsProcessors(cfg, self.model.config.vocab_size)
