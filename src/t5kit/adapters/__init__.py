@@ -21,14 +21,16 @@ from t5kit.adapters.lora import (
 from t5kit.adapters.peft_io import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    adapter_info,
     load_adapter,
+    merge_adapter,
     read_adapter_config,
     read_adapter_tensors,
     save_adapter,
 )
 
 __all__ = [
-    "CONFIG_NAME", "TARGETS", "WEIGHTS_NAME", "LoRAConfig", "LoRALinear", "add_lora", "load_adapter", "lora_config",
-    "lora_layers", "lora_parameters", "merge_lora", "read_adapter_config", "read_adapter_tensors", "remove_lora",
-    "save_adapter", "trainable_parameters",
+    "CONFIG_NAME", "TARGETS", "WEIGHTS_NAME", "LoRAConfig", "LoRALinear", "adapter_info", "add_lora", "load_adapter",
+    "lora_config", "lora_layers", "lora_parameters", "merge_adapter", "merge_lora", "read_adapter_config",
+    "read_adapter_tensors", "remove_lora", "save_adapter", "trainable_parameters",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from t5kit.adapters.lora import LoRAConfig, add_lora, lora_config, lora_layers, remove_lora
+from t5kit.adapters.lora import LoRAConfig, add_lora, lora_config, lora_layers, merge_lora, remove_lora
+from t5kit.checkpoint.inspect import COMPANION_FILES
+from t5kit.checkpoint.io import resolve_checkpoint_dir
 from t5kit.checkpoint.names import hf_to_t5kit_name, t5kit_to_hf_name
 from t5kit.errors import CheckpointError, ConfigError
 from t5kit.io import atomic_path, write_json
+from t5kit.model.t5 import T5Model
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -184,3 +188,37 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
         remove_lora(model)  # leave the model as it was
         raise
     return model
+
+
+def adapter_info(directory: str | os.PathLike) -> dict[str, Any]:
+    """What an adapter directory holds, without a base model: its config, the adapted layers, the parameters."""
+    directory = Path(directory)
+    config, raw = read_adapter_config(directory)
+    tensors = read_adapter_tensors(directory)
+    path = directory / WEIGHTS_NAME
+    modules = sorted({_t5kit_parameter(name, path)[0] for name in tensors})
+    return {
+        "path": str(directory), "peft_type": "LORA", "r": config.r, "alpha": config.alpha, "scale": config.scale,
+        "dropout": config.dropout, "targets": list(config.targets), "task_type": raw.get("task_type"),
+        "base_model_name_or_path": raw.get("base_model_name_or_path"), "peft_version": raw.get("peft_version"),
+        "layers": len(modules), "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values()),
+        "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()}),
+        "files": {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()},
+    }
+
+
+def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Write ``base`` (a checkpoint directory or hub repo id) with ``adapter`` merged in as a plain checkpoint
+    (float32, the precision the merge is computed in; ``t5kit convert --dtype`` re-saves it), plus the base's
+    tokenizer and generation files: loadable by ``T5Model.from_pretrained`` and ``transformers``."""
+    destination = Path(destination)
+    base_dir = resolve_checkpoint_dir(base)
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise CheckpointError(f"{destination} exists and is not empty: merge writes a new directory, choose another")
+    model = T5Model.from_pretrained(base_dir)
+    load_adapter(model, adapter)
+    merge_lora(model).save_pretrained(destination)
+    for name in COMPANION_FILES:
+        if (base_dir / name).exists():
+            shutil.copyfile(base_dir / name, destination / name)
+    return destination
