@@ -85,3 +85,31 @@ def test_info_reports_config_targets_and_parameters(adapted, tmp_path):
     (broken / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     result = t5kit("adapter", "info", str(broken))
     assert result.returncode == 1 and "DoRA" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_generate_with_adapter_equals_the_merged_model(tmp_path, t5_vocab_dir):
+    """``t5kit generate --adapter`` (``Generator.from_pretrained(..., adapter=)``) decodes as the merged checkpoint
+    does, and not as the base does."""
+    from t5kit import Generator, T5Config
+    from t5kit.adapters import merge_adapter
+
+    torch.manual_seed(0)
+    model = T5Model(T5Config.from_preset("tiny")).eval()
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    shutil.copyfile(t5_vocab_dir / "spiece.model", base / "spiece.model")
+    add_lora(model, LoRAConfig(r=4, alpha=8, targets=("q", "v", "wo")))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in lora_parameters(model).values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    adapter = save_adapter(model, tmp_path / "adapter")
+    merged = merge_adapter(base, adapter, tmp_path / "merged")
+    texts = ["translate English to German: The house is wonderful.", "summarize: a river runs through the city"]
+    options = dict(max_new_tokens=8)
+    expected = [r.text for r in Generator.from_pretrained(merged).generate(texts, **options)]
+    assert [r.text for r in Generator.from_pretrained(base, adapter=adapter).generate(texts, **options)] == expected
+    assert [r.text for r in Generator.from_pretrained(base).generate(texts, **options)] != expected
+    out = t5kit("generate", "--model", str(base), "--adapter", str(adapter), "--max-new-tokens", "8", *texts)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == expected
