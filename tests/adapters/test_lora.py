@@ -244,6 +244,7 @@ def _saved(tmp_path):
     ("bias", "all", "bias = 'all' asks for trained biases"),
     ("modules_to_save", ["lm_head"], "fully trained extra modules"),
     ("rank_pattern", {"q": 4}, "per-layer ranks"),
+    ("init_lora_weights", "pissa", "changed the base weights"),
     ("peft_type", "IA3", "peft_type 'IA3' is not supported"),
     ("target_modules", ".*q", "is the pattern"),
     ("target_modules", ["query"], "unknown LoRA target 'query'"),

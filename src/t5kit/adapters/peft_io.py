@@ -52,6 +52,15 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "target_parameters": ((None, []), "adapters on bare parameters"),
     "use_qalora": ((False, None), "QA-LoRA"),
     "alora_invocation_tokens": ((None, []), "activated LoRA"),
+    "use_bdlora": ((False, None), "block-diagonal LoRA"),
+    "arrow_config": ((None, {}), "routing among several adapters (Arrow)"),
+    "kasa_config": ((None, {}), "KaSA"),
+    "velora_config": ((None, {}), "VeLoRA"),
+    "monteclora_config": ((None, {}), "MonteCLoRA"),
+    # These initialisations rewrite the BASE weights (the adapter is relative to a residual model), unless
+    # peft converted the adapter back to plain LoRA on saving (it then writes init_lora_weights = true).
+    "init_lora_weights": ((True, False, None, "gaussian", "eva", "orthogonal", "mica"),
+                          "an initialisation that changed the base weights (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA ...)"),
 }
 
 
