@@ -308,3 +308,11 @@ def test_a_bf16_base_keeps_float32_adapters_and_merges_into_bf16():
     # bf16 keeps 8 bits: the merged weights and the unmerged sums round differently (measured 9.7e-3 of the
     # largest logit, 2.5 bf16 ulps of 2^-8; the adapter itself moves the logits by 0.33)
     assert _relative_error(merged, unmerged) <= 8 * 2**-8
+
+
+def test_saving_an_adapted_model_as_a_checkpoint_names_the_two_ways(tmp_path):
+    model = add_lora(_tiny(), LoRAConfig())
+    with pytest.raises(CheckpointError, match="holds LoRA adapters.*save_adapter.*merge_lora"):
+        model.save_pretrained(tmp_path / "checkpoint")
+    merge_lora(model).save_pretrained(tmp_path / "checkpoint")
+    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
