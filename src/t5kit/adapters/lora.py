@@ -117,6 +117,8 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         """The base with ``scale * B @ A`` added to its weight (in place); the adapter is then spent."""
         base = self.base
+        # The copies' buffer names are those of t5kit.kernels.inference.linear.store_int8 / store_fp16 (a sibling
+        # layer, not imported): a merge would change the weight but not the copies the layer computes with.
         if "weight_int8" in base._buffers or "weight_fp16" in base._buffers:
             raise ConfigError("cannot merge a LoRA adapter into a layer that holds fp16 / int8 inference copies: "
                               "merge first, then choose the precision")
