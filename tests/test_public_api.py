@@ -37,7 +37,7 @@ def test_names_that_moved_keep_their_old_import_paths():
 
 def test_every_cli_command_still_answers_help():
     commands = ["demo", "generate", "eval", "train", "pretrain", "plot", "serve", "info", "convert", "tokenizer",
-                "data"]
+                "data", "adapter"]
     out = subprocess.run([sys.executable, "-m", "t5kit", "--help"], capture_output=True, text=True, check=True).stdout
     for command in commands:
         assert command in out, command

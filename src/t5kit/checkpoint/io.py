@@ -253,6 +253,13 @@ def parse_size(size: int | str) -> int:
 
 def to_hf_state_dict(state: Mapping[str, torch.Tensor], tied: bool) -> StateDict:
     """``state`` with Hugging Face names; a tied head is stored once (as ``shared.weight``)."""
+    # An adapted model (t5kit.adapters, which this layer does not import) holds ``...q.base.weight`` and
+    # ``...q.lora_A``: refused by what it is, not as a name the table lacks.
+    adapted = next((name for name in state if ".lora_A" in name), None)
+    if adapted is not None:
+        raise CheckpointError(f"this model holds LoRA adapters ({adapted.removesuffix('.lora_A')} ...) and a "
+                              "checkpoint holds plain weights: save the adapter with t5kit.adapters.save_adapter, "
+                              "or fold it in first with t5kit.adapters.merge_lora(model)")
     return {t5kit_to_hf_name(name): tensor.detach().contiguous()
             for name, tensor in state.items() if not (tied and name == "lm_head.weight")}
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "t5kit.cli.generate",
     "t5kit.cli.score",
     "t5kit.cli.model",
+    "t5kit.cli.adapter",
     "t5kit.cli.data",
     "t5kit.cli.tokenizer",
     "t5kit.cli.serve",

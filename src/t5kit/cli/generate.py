@@ -12,11 +12,14 @@ from t5kit.errors import DataError, T5kitError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --precision (the one flag of t5kit.kernels.inference.precision) and --threads."""
+    """--model, --adapter, --precision (the one flag of t5kit.kernels.inference.precision) and --threads."""
     from t5kit.kernels.inference.precision import add_precision_argument
 
     p.add_argument("--model", "-m", default=None,
                    help="checkpoint directory or Hugging Face repo id (default: the built-in model)")
+    p.add_argument("--adapter", default=None,
+                   help="a LoRA adapter directory (peft's layout: adapter_config.json + adapter_model.safetensors) "
+                        "trained over --model; merged into the weights at load, so decoding is as fast as without")
     add_precision_argument(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
@@ -48,8 +51,12 @@ def load_generator(args: argparse.Namespace):
             from t5kit.builtin import load_builtin
         except ImportError:
             raise T5kitError("no built-in model is installed in this copy of t5kit; pass --model DIR") from None
+        if getattr(args, "adapter", None) is not None:  # an adapter trained over the built-in model
+            from t5kit.builtin import BUILTIN_DIR
+
+            return Generator.from_pretrained(str(BUILTIN_DIR), precision=args.precision, adapter=args.adapter)
         return load_builtin(precision=args.precision)
-    return Generator.from_pretrained(args.model, precision=args.precision)
+    return Generator.from_pretrained(args.model, precision=args.precision, adapter=getattr(args, "adapter", None))
 
 
 def decode_lines(data: bytes, name: str) -> list[str]:
