@@ -317,3 +317,17 @@ def test_ids_outside_the_vocabulary_and_a_stuck_function_are_refused(pair):
     # the continuous batcher runs the same checks on a job
     with pytest.raises(GenerationError, match="allowed_sequences holds ids outside"):
         ContinuousDecoder(model, 8).prepare(Job([[5, 1]], dict(allowed_sequences=[[vocab]])))
+
+
+def test_more_outputs_than_the_prefix_leaves_possible_is_refused():
+    """Found in review: the count of distinct choices ignored the forced prefix, and a prefix that fills the
+    length left one output; both returned duplicates at -1e9-class scores instead of an error."""
+    from t5kit.generate import GenerationConfig, GenerationError
+
+    with pytest.raises(GenerationError, match="2 distinct allowed_sequences that start with decoder_prefix"):
+        GenerationConfig(allowed_sequences=[[4, 5], [4, 6], [7]], decoder_prefix=[4], num_beams=3,
+                         num_return_sequences=3, eos_token_id=1)
+    with pytest.raises(GenerationError, match="fills max_new_tokens=2"):
+        GenerationConfig(decoder_prefix=[4, 5], max_new_tokens=2, num_beams=3, num_return_sequences=3)
+    GenerationConfig(allowed_sequences=[[4, 5], [4, 6], [7]], decoder_prefix=[4], num_beams=3,
+                     num_return_sequences=2, eos_token_id=1)  # two outputs start with the prefix: fine

@@ -177,6 +177,9 @@ def _check_constraints(cfg: GenerationConfig) -> None:
     if len(prefix) > limit:
         raise GenerationError(f"decoder_prefix has {len(prefix)} tokens, more than max_new_tokens={limit}: raise "
                               "max_new_tokens or shorten the prefix")
+    if prefix and len(prefix) == limit and cfg.num_return_sequences > 1 and not cfg.do_sample:
+        raise GenerationError(f"decoder_prefix fills max_new_tokens={limit}: there is one output, not "
+                              f"num_return_sequences={cfg.num_return_sequences}; raise max_new_tokens or return one")
     banned = set(cfg.suppress_tokens) | {word[0] for word in cfg.bad_words_ids if len(word) == 1}
     for t in prefix:
         if t == eos:
@@ -213,10 +216,13 @@ def _check_constraints(cfg: GenerationConfig) -> None:
     if eos in cfg.suppress_tokens:
         raise GenerationError(f"allowed_sequences end with EOS (id {eos}), which suppress_tokens forbids: remove "
                               f"{eos} from suppress_tokens")
-    distinct = len(cfg.choice_sequences())
+    # only the sequences that start with the forced prefix can be outputs (a review found duplicates at -1e9
+    # scores when the count ignored the prefix)
+    distinct = sum(seq[: len(prefix)] == prefix for seq in cfg.choice_sequences())
     if cfg.num_return_sequences > distinct:
         raise GenerationError(f"num_return_sequences={cfg.num_return_sequences} is more than the {distinct} distinct "
-                              "allowed_sequences: lower num_return_sequences")
+                              "allowed_sequences" + (" that start with decoder_prefix" if prefix else "")
+                              + ": lower num_return_sequences")
 
 
 def _check_forced_words(cfg: GenerationConfig, banned: set[int]) -> None:
