@@ -11,6 +11,9 @@ from typing import Any
 
 EXAMPLE = """examples:
   t5kit data import gettext --out data/gettext --lang fr --lang de
+  t5kit data import gettext --out data/gettext-pkg --split-by package
+  t5kit data import ddtp --out data/ddtp --lang fr --lang de --lists-dir /tmp/apt-lists
+  sudo t5kit data import ddtp --out data/ddtp --fetch
   t5kit data import wordnet --out data/wordnet
   t5kit data import text --out data/text --source man --source handbook
   t5kit data stats data/gettext/en-fr/train.jsonl
@@ -37,7 +40,19 @@ def register(subparsers: Any) -> None:
     g.add_argument("--placeholders", choices=("keep", "drop"), default="keep",
                    help="keep printf placeholders (pairs must agree on them) or drop pairs that have any")
     g.add_argument("--max-chars", type=int, default=400, help="drop English strings longer than this")
+    g.add_argument("--split-by", choices=("string", "package"), default="string",
+                   help="hash of the English string (default), or held-out catalogues (by package)")
     g.set_defaults(func=_import_gettext)
+    d = isub.add_parser("ddtp", help="Debian package descriptions and their translations (DDTP): "
+                                     "translation, summarization, section classification")
+    d.add_argument("--out", required=True, help="output directory")
+    d.add_argument("--lang", action="append", help="translation language (repeatable; default fr and de)")
+    d.add_argument("--lists-dir", default=None,
+                   help="directory holding the *_Translation-<lang> and *_Packages index files "
+                        "(default /var/lib/apt/lists)")
+    d.add_argument("--fetch", action="store_true",
+                   help="run apt-get update once per language first (root), copying the files to OUT/apt-lists")
+    d.set_defaults(func=_import_ddtp)
     w = isub.add_parser("wordnet", help="'define: word' -> gloss from wordnet-base")
     w.add_argument("--out", required=True)
     w.add_argument("--wordnet-dir", default="/usr/share/wordnet")
@@ -86,8 +101,19 @@ def _import_gettext(args: argparse.Namespace) -> int:
     from t5kit.data.corpora.gettext import import_gettext
 
     m = import_gettext(args.out, langs=args.lang or ["fr", "de"], locale_dir=args.locale_dir,
-                       placeholder_mode=args.placeholders, max_chars=args.max_chars)
+                       placeholder_mode=args.placeholders, max_chars=args.max_chars, split_by=args.split_by)
     _print_manifest(m)
+    return 0
+
+
+def _import_ddtp(args: argparse.Namespace) -> int:
+    from t5kit.data.corpora.ddtp import import_ddtp
+
+    m = import_ddtp(args.out, langs=args.lang or ["fr", "de"], lists_dir=args.lists_dir, fetch=args.fetch)
+    keep = {k: m[k] for k in ("records", "baselines", "split", "licence")}
+    keep["stats"] = {k: v for k, v in m["stats"].items() if k != "sections"}
+    keep["sections"] = len(m["stats"]["sections"])
+    print(json.dumps(keep, indent=2, ensure_ascii=False))
     return 0
 
 

@@ -30,6 +30,13 @@ def split_of(key: str, fractions: Sequence[float] = DEFAULT_FRACTIONS, salt: str
     return SPLITS[len(fractions) - 1]
 
 
+def split_by_package(name: str, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> str:
+    """Held-out split of everything that comes from the (source) package ``name``: the same hash and
+    proportions as :func:`split_of`, keyed on the package, so no package has text on two sides and a
+    test score measures text from packages the model never saw."""
+    return split_of(name, fractions, salt="t5kit-package")
+
+
 def require_package(path: str | os.PathLike, package: str, what: str) -> Path:
     """``path``, or a DataError naming the apt package that provides it."""
     p = Path(path)
