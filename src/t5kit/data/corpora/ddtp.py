@@ -330,8 +330,10 @@ def _dedupe(by_split: dict[str, list[dict[str, Any]]], key: str, target: str
     for text, recs in groups.items():
         votes = Counter(r[target] for r in recs)
         best = min(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0]
-        rec = next(r for r in recs if r[target] == best)
         split = first_split[text]
+        # keep a copy whose own package is on that side when there is one, so "source" names the split
+        rec = next((r for r in recs if r[target] == best and split_by_package(r["source"]) == split),
+                   next(r for r in recs if r[target] == best))
         moved += any(split_by_package(r["source"]) != split for r in recs)
         out[split].append(rec)
     total = sum(len(v) for v in by_split.values())
