@@ -316,7 +316,7 @@ def build_records(
 def _dedupe(by_split: dict[str, list[dict[str, Any]]], key: str, target: str
             ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """One record per input text, in the earliest split it occurs in (train < validation < test), with
-    the target most of its copies have (ties: the smallest). Boilerplate ("This package contains the
+    the target most of its copies there have (ties: the smallest). Boilerplate ("This package contains the
     development files") recurs across source packages; without this, about 8% of the test translation
     pairs had their exact English in train (measured on bookworm) and references were ambiguous."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -328,12 +328,12 @@ def _dedupe(by_split: dict[str, list[dict[str, Any]]], key: str, target: str
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     moved = 0
     for text, recs in groups.items():
-        votes = Counter(r[target] for r in recs)
-        best = min(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0]
         split = first_split[text]
-        # keep a copy whose own package is on that side when there is one, so "source" names the split
-        rec = next((r for r in recs if r[target] == best and split_by_package(r["source"]) == split),
-                   next(r for r in recs if r[target] == best))
+        # vote among the copies of packages on that side, so the kept record's "source" is on it too
+        side = [r for r in recs if split_by_package(r["source"]) == split]
+        votes = Counter(r[target] for r in side)
+        best = min(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        rec = next(r for r in side if r[target] == best)
         moved += any(split_by_package(r["source"]) != split for r in recs)
         out[split].append(rec)
     total = sum(len(v) for v in by_split.values())
