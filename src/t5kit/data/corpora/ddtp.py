@@ -65,9 +65,9 @@ SECTION_WORDS = {
 LICENCE_NOTE = (
     "Package descriptions are written by each package's maintainers and ship in the package's "
     "debian/control, under the package's own licence; the DDTP translations are published by Debian in "
-    "the archive (https://ddtp.debian.org/) as part of the same descriptions. TODO: no DDTP-specific "
-    "licence file exists in /usr/share/doc on this machine (checked: apt, debian-archive-keyring); "
-    "confirm the terms at https://www.debian.org/international/l10n/ddtp before redistributing."
+    "the archive (https://ddtp.debian.org/) as part of the same descriptions. TODO: no copyright file "
+    "under /usr/share/doc on the machine this was written on mentions DDTP, so the translations' own "
+    "terms are unconfirmed: check https://www.debian.org/international/l10n/ddtp before redistributing."
 )
 
 
