@@ -1,7 +1,13 @@
 """Training a LoRA adapter (the config's ``adapter`` section): only the adapter trains, the training kernels
 compute what the plain model computes, checkpoints hold only the adapter (peft's layout) and resume exactly,
 and on real data (WordNet parts of speech) the built-in model's adapter learns and loads through
-``Generator.from_pretrained(base, adapter=checkpoint)``."""
+``Generator.from_pretrained(base, adapter=checkpoint)``.
+
+The learning run: the built-in model (13.4 M parameters) with a rank-8 adapter on q and v (73,728 trainable
+parameters, 0.55%), 100 steps of 16 glosses on one thread (about 20 s), on the balanced WordNet part-of-speech
+task of tests/test_evaluate_rank.py (conftest.write_pos_task: 150 train / 40 test glosses per part of speech).
+Measured: rank accuracy on the 160 test glosses 23.1% -> 48.1% (the majority class scores 25%); the checkpoint's
+adapter is 300 kB against the base's 26.6 MB."""
 
 from __future__ import annotations
 
@@ -181,7 +187,7 @@ def test_a_lora_adapter_on_the_builtin_model_learns_parts_of_speech(pos_task: Pa
         "optim": {"name": "adamw", "lr": 3e-3},
         "schedule": {"name": "constant", "warmup_steps": 10},
         "train": {"steps": STEPS, "batch_size": 16, "threads": 1, "seed": 0},
-        "eval": {"every": 0, "max_examples": 160, "batch_size": 32, "max_new_tokens": 4},
+        "eval": {"every": 0, "max_examples": 32, "batch_size": 32, "max_new_tokens": 4, "generate": False},
         "checkpoint": {"every": 0, "keep_last": 1},
         "log": {"every": 40, "progress": False, "tensorboard": False, "plot": False},
         "out": str(tmp_path / "run"),
@@ -206,11 +212,13 @@ def test_a_lora_adapter_on_the_builtin_model_learns_parts_of_speech(pos_task: Pa
     assert fraction < 0.01
     assert adapter_bytes < base_bytes / 50
     assert not any(p.suffix == ".safetensors" and p.name != WEIGHTS_NAME for p in checkpoint.iterdir())
-    assert after.metrics["accuracy"] >= before.metrics["accuracy"] + 20
+    # measured (torch 2.13 CPU, one thread): 23.1 -> 48.1 in 100 steps (53.8 after 120); the majority class 25
+    assert after.metrics["accuracy"] >= 25 + 15
+    assert after.metrics["accuracy"] >= before.metrics["accuracy"] + 15
     # the loaded generator merged the adapter (plain layers); the trained model runs it unmerged: same answers
     assert not any(isinstance(m, LoRALinear) for m in loaded.model.modules())
     assert [p["prediction"] for p in after.predictions] == [p["prediction"] for p in in_memory.predictions]
     assert set(p["prediction"] for p in after.predictions) <= set(WORDNET_POS)
 
 
-STEPS = 120
+STEPS = 100
