@@ -12,6 +12,7 @@ adapter is 300 kB against the base's 26.6 MB."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,9 +21,15 @@ import torch
 from conftest import WORDNET_POS, write_pos_task
 from safetensors.torch import load_file
 from train_support import (
+    PARITY_OPTIM,
+    PARITY_TRAIN,
+    PYTHON,
+    assert_same_training,
     max_abs_diff,
     restore_threads,  # noqa: F401  (fixture)
     small_config,
+    subprocess_env,
+    write_config,
     write_number_task,
 )
 
@@ -222,3 +229,34 @@ def test_a_lora_adapter_on_the_builtin_model_learns_parts_of_speech(pos_task: Pa
 
 
 STEPS = 100
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_two_ranks_train_the_same_adapter_as_one_process(tmp_path: Path, base_checkpoint: Path) -> None:
+    """DDP over an adapted model (its frozen base out of the all-reduce) under torchrun on CPU (gloo): the same
+    adapter as one process, within the rounding measured against a float64 run (train_support)."""
+    cfg_dict = _config(tmp_path, base_checkpoint, model={"dropout": 0.0}, optim=PARITY_OPTIM,
+                       train={"steps": 6, "batch_size": 8, "grad_accum": 2, **PARITY_TRAIN},
+                       checkpoint={"every": 0}, eval={"max_examples": 4})
+    cfg_dict["adapter"]["dropout"] = 0.0  # the ranks draw different masks: parity is about the gradient
+    config_path = write_config(tmp_path / "run.yaml", cfg_dict)
+    ddp_out = tmp_path / "ddp"
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "t5kit", "train",
+           str(config_path), "--out", str(ddp_out)]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def adapter(checkpoint: Path) -> dict[str, torch.Tensor]:
+        return load_file(str(checkpoint / WEIGHTS_NAME))
+
+    def one_process(name: str, *overrides: str) -> dict[str, torch.Tensor]:
+        return adapter(train(TrainConfig.load(config_path, list(overrides)), out=str(tmp_path / name)).checkpoint)
+
+    assert_same_training(
+        adapter(ddp_out / "step-00000006"),
+        single=one_process("single"),
+        reference=one_process("float64", "train.precision=fp64"),
+        doubled=one_process("doubled", f"optim.lr={2 * PARITY_OPTIM['lr']}"),
+        steps=6,
+        what="lora ddp",
+    )
