@@ -37,7 +37,7 @@ from t5kit import Generator, T5Model
 from t5kit.adapters import CONFIG_NAME, WEIGHTS_NAME, LoRALinear, lora_layers, lora_parameters, trainable_parameters
 from t5kit.builtin import model_path
 from t5kit.data import Collator, get_task, load_tasks
-from t5kit.errors import ConfigError
+from t5kit.errors import CheckpointError, ConfigError
 from t5kit.evaluate import evaluate
 from t5kit.kernels import installed, uninstall
 from t5kit.model import save_model
@@ -168,7 +168,7 @@ def test_an_adapter_checkpoint_holds_only_the_adapter_and_resumes_exactly(tmp_pa
 
     # resuming with another adapter configuration is refused with the fix, not loaded into the wrong shapes
     other = TrainConfig.from_dict({**cfg_dict, "adapter": {**ADAPTER, "r": 8}})
-    with pytest.raises(Exception, match="resume with the config the run was started with"):
+    with pytest.raises(CheckpointError, match="resume with the config the run was started with"):
         train(other, out=str(tmp_path / "interrupted"), resume=True)
 
 
