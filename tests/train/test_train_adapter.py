@@ -117,7 +117,8 @@ def test_only_the_adapter_trains_and_the_kernels_compute_the_plain_model(tmp_pat
     uninstall(model)
     assert not installed(model)
     plain_loss, plain_grads = loss_and_grads()
-    # measured: loss equal to 1e-7, gradients to ~1e-8 of their size; 1e-5 relative is ~80 float32 ulps
+    # measured: the same loss to 7 digits, gradients within 1.4e-6 of their norm (the kernels order sums
+    # differently); 1e-5 relative on the loss is ~80 float32 ulps, 1e-4 on the gradients 70x the measured gap
     assert abs(fast_loss - plain_loss) <= 1e-5 * abs(plain_loss)
     worst = max(float((fast_grads[n] - plain_grads[n]).norm() / plain_grads[n].norm()) for n in adapters)
     print(f"kernels vs plain: loss {fast_loss:.6f} / {plain_loss:.6f}, worst relative gradient gap {worst:.2g}")
