@@ -9,15 +9,12 @@ is a fixed number of steps on one thread, so its numbers do not depend on the ma
 
 from __future__ import annotations
 
-import json
-import random
 import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import missing_system_part
+from conftest import WORDNET_POS, missing_system_part, write_pos_task
 
 from t5kit import Generator
 from t5kit.builtin import model_path
@@ -26,7 +23,7 @@ from t5kit.errors import DataError
 from t5kit.evaluate import evaluate
 from t5kit.train import TrainConfig, train
 
-POS = ("noun", "verb", "adjective", "adverb")
+POS = WORDNET_POS
 
 
 @pytest.fixture
@@ -40,29 +37,7 @@ PER_CLASS = {"train": 150, "test": 40}
 
 @pytest.fixture(scope="module")
 def pos_task(tmp_path_factory) -> Path:
-    if not Path("/usr/share/wordnet/data.noun").exists():
-        missing_system_part("apt package wordnet-base is not installed")
-    from t5kit.data.corpora import import_wordnet
-
-    root = tmp_path_factory.mktemp("wordnet")
-    import_wordnet(root / "import")
-    load_tasks(root / "import" / "tasks.yaml")
-    rng = random.Random(0)
-    for split in ("train", "test"):
-        by_pos: dict[str, list[dict]] = {p: [] for p in POS}
-        for line in (root / "import" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if len(record["definition"]) <= 80:  # short glosses: a quick run
-                by_pos[record["pos"]].append({"definition": record["definition"], "pos": record["pos"]})
-        chosen = [r for p in POS for r in rng.sample(by_pos[p], PER_CLASS[split])]
-        rng.shuffle(chosen)
-        with open(root / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in chosen)
-    task = {"name": "pos_balanced", "kind": "classification", "prefix": "wordnet pos",
-            "text_fields": ["definition"], "label_field": "pos", "label_words": {p: p for p in POS},
-            "source": {"train": "train.jsonl", "validation": "test.jsonl", "test": "test.jsonl"}}
-    (root / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [task]}), encoding="utf-8")
-    return root / "tasks.yaml"
+    return write_pos_task(tmp_path_factory.mktemp("wordnet"), PER_CLASS)
 
 
 def test_the_imported_task_has_its_label_set(tmp_path):

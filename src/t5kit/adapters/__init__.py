@@ -23,6 +23,7 @@ from t5kit.adapters.peft_io import (
     WEIGHTS_NAME,
     adapter_info,
     load_adapter,
+    load_adapter_state,
     merge_adapter,
     read_adapter_config,
     read_adapter_tensors,
@@ -31,6 +32,7 @@ from t5kit.adapters.peft_io import (
 
 __all__ = [
     "CONFIG_NAME", "TARGETS", "WEIGHTS_NAME", "LoRAConfig", "LoRALinear", "adapter_info", "add_lora", "load_adapter",
+    "load_adapter_state",
     "lora_config", "lora_layers", "lora_parameters", "merge_adapter", "merge_lora", "read_adapter_config",
     "read_adapter_tensors", "remove_lora", "save_adapter", "trainable_parameters",
 ]

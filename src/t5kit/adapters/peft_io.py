@@ -162,40 +162,63 @@ def _t5kit_parameter(name: str, path: Path) -> tuple[str, str]:
                           f"{PREFIX}encoder.block.0.layer.0.SelfAttention.q.lora_A.weight)")
 
 
+def _tensors_by_module(directory: Path) -> dict[str, dict[str, torch.Tensor]]:
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for tensor_name, tensor in read_adapter_tensors(directory).items():
+        module, param = _t5kit_parameter(tensor_name, directory / WEIGHTS_NAME)
+        by_module.setdefault(module, {})[param] = tensor
+    return by_module
+
+
+def _copy_adapter(model: nn.Module, by_module: dict[str, dict[str, torch.Tensor]], path: Path,
+                  config: LoRAConfig) -> None:
+    """Copy the read matrices into ``model``'s adapters (its parameter objects kept), checking names and shapes."""
+    layers = lora_layers(model)
+    missing = sorted(set(layers) - set(by_module))
+    unknown = sorted(set(by_module) - set(layers))
+    if missing or unknown:
+        problem = (f"has no tensors for {len(missing)} targeted layer(s) ({missing[0]} ...)" if missing else
+                   f"holds tensors for layers the config does not target or this model lacks ({unknown[0]} ...)")
+        raise CheckpointError(f"{path} {problem}: the adapter was saved for another model or is incomplete")
+    for module, held in by_module.items():
+        layer = layers[module]
+        for param in MATRICES:
+            if param not in held:
+                raise CheckpointError(f"{path} has no {param} for {module}: the adapter file is incomplete")
+            target = getattr(layer, param)
+            if tuple(held[param].shape) != tuple(target.shape):
+                raise CheckpointError(
+                    f"{path}: {module}.{param} has shape {list(held[param].shape)}, this model needs "
+                    f"{list(target.shape)} (r = {config.r}): the adapter belongs to a model of other shapes")
+            with torch.no_grad():
+                target.copy_(held[param].to(target.dtype))
+
+
 def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> nn.Module:
     """Add the adapter saved in ``directory`` (by peft or t5kit) to ``model``, unmerged; returns ``model``."""
     directory = Path(directory)
     config, _ = read_adapter_config(directory)
-    tensors = read_adapter_tensors(directory)
-    path = directory / WEIGHTS_NAME
-    by_module: dict[str, dict[str, torch.Tensor]] = {}
-    for tensor_name, tensor in tensors.items():
-        module, param = _t5kit_parameter(tensor_name, path)
-        by_module.setdefault(module, {})[param] = tensor
+    by_module = _tensors_by_module(directory)
     add_lora(model, config, name=name)
-    layers = lora_layers(model)
     try:
-        missing = sorted(set(layers) - set(by_module))
-        unknown = sorted(set(by_module) - set(layers))
-        if missing or unknown:
-            problem = (f"has no tensors for {len(missing)} targeted layer(s) ({missing[0]} ...)" if missing else
-                       f"holds tensors for layers the config does not target or this model lacks ({unknown[0]} ...)")
-            raise CheckpointError(f"{path} {problem}: the adapter was saved for another model or is incomplete")
-        for module, held in by_module.items():
-            layer = layers[module]
-            for param in MATRICES:
-                if param not in held:
-                    raise CheckpointError(f"{path} has no {param} for {module}: the adapter file is incomplete")
-                target = getattr(layer, param)
-                if tuple(held[param].shape) != tuple(target.shape):
-                    raise CheckpointError(
-                        f"{path}: {module}.{param} has shape {list(held[param].shape)}, this model needs "
-                        f"{list(target.shape)} (r = {config.r}): the adapter belongs to a model of other shapes")
-                with torch.no_grad():
-                    target.copy_(held[param].to(target.dtype))
+        _copy_adapter(model, by_module, directory / WEIGHTS_NAME, config)
     except CheckpointError:
         remove_lora(model)  # leave the model as it was
         raise
+    return model
+
+
+def load_adapter_state(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Copy the adapter saved in ``directory`` into the adapters ``model`` already holds, keeping their parameter
+    objects (what a resumed training run needs: its optimiser refers to them); the configs must agree."""
+    directory = Path(directory)
+    config, _ = read_adapter_config(directory)
+    held = lora_config(model)
+    if (config.r, config.alpha, sorted(config.targets)) != (held.r, held.alpha, sorted(held.targets)):
+        raise CheckpointError(f"{directory} holds an adapter with r={config.r}, alpha={config.alpha:g}, targets "
+                              f"{sorted(config.targets)}; this model's has r={held.r}, alpha={held.alpha:g}, targets "
+                              f"{sorted(held.targets)}: resume with the config the run was started with")
+    _copy_adapter(model, _tensors_by_module(directory), directory / WEIGHTS_NAME, config)
     return model
 
 

@@ -74,6 +74,9 @@ def _run(args: argparse.Namespace, objective: str) -> int:
 
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"t5kit {objective}: step {result.step}, checkpoint {result.checkpoint}")
+            if cfg.adapter is not None:  # the checkpoint holds only the adapter: say how to use it
+                print(f"  an adapter: t5kit generate --model {cfg.model.checkpoint} --adapter {result.checkpoint}, "
+                      f"or t5kit adapter merge {cfg.model.checkpoint} {result.checkpoint} OUT")
     return 0
 
 

@@ -5,8 +5,16 @@ wastes hours, so every key is checked against the dataclass fields, an unknown o
 name, and values are coerced to the declared type (``--set train.steps=100`` arrives as text) and
 range-checked before anything is built.
 
-Sections: ``model`` (preset or checkpoint), ``data`` (tokenizer, tasks, lengths), ``optim``, ``schedule``,
-``train`` (steps, batch, precision, distributed), ``eval``, ``checkpoint``, ``log``.
+Sections: ``model`` (preset or checkpoint), ``adapter`` (a LoRA adapter to train instead of every weight),
+``data`` (tokenizer, tasks, lengths), ``optim``, ``schedule``, ``train`` (steps, batch, precision, distributed),
+``eval``, ``checkpoint``, ``log``.
+
+Adapters: ``adapter: {kind: lora, r: 8, alpha: 16, dropout: 0.05, targets: [q, v]}`` wraps those projections
+of the built model in LoRA adapters (:func:`t5kit.adapters.add_lora`) and trains only them; absent or
+``adapter: null`` (the default) fine-tunes every weight. The values are checked by
+:class:`t5kit.adapters.LoRAConfig` (one set of rules for the trainer, the library and peft files), and its
+defaults are the section's. An adapter needs ``model.checkpoint``: its checkpoints hold only the adapter, and
+a preset's random base weights would be saved nowhere.
 
 Evaluation: by default the run evaluates its validation tasks (``data.validation``, else the training
 tasks) on ``data.validation_split`` every ``eval.every`` steps and at the end. To train without evaluation
@@ -27,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from t5kit.adapters import LoRAConfig
 from t5kit.errors import ConfigError, closest_names
 
 OPTIMIZERS = ("adamw", "adafactor", "adamw_rms", "sgd")
@@ -45,6 +54,25 @@ class ModelConfig:
     checkpoint: str | None = None
     dropout: float | None = None  # overrides the checkpoint's dropout_rate when set
     overrides: dict[str, Any] = field(default_factory=dict)  # T5Config fields for a preset (d_model ...)
+
+
+@dataclass
+class AdapterConfig:
+    """A LoRA adapter to train (module doc); the defaults are :class:`~t5kit.adapters.LoRAConfig`'s."""
+
+    kind: str = LoRAConfig.kind
+    r: int = LoRAConfig.r
+    alpha: float = LoRAConfig.alpha
+    dropout: float = LoRAConfig.dropout
+    targets: list[str] = field(default_factory=lambda: list(LoRAConfig.targets))
+
+    def lora_config(self, where: str = "adapter") -> LoRAConfig:
+        """The :class:`LoRAConfig` this section describes; its ConfigError prefixed with ``where``."""
+        try:
+            return LoRAConfig(kind=self.kind, r=self.r, alpha=self.alpha, dropout=self.dropout,
+                              targets=tuple(self.targets))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
 @dataclass
@@ -134,6 +162,7 @@ class LogConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig | None = None  # None (absent, `adapter: null`): fine-tune every weight
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -231,6 +260,12 @@ class TrainConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
         if self.model.preset is None and self.model.checkpoint is None:
             raise ConfigError("set model.checkpoint (a directory or hub id) or model.preset (e.g. t5-small)")
+        if self.adapter is not None:
+            self.adapter.lora_config()
+            if self.model.checkpoint is None:
+                # An adapter checkpoint holds no base weights, and a preset's are random: nothing could use it.
+                raise ConfigError("adapter: an adapter adapts trained weights, set model.checkpoint (a directory "
+                                  "or hub id); to train a preset from scratch, remove the adapter section")
         return self
 
 

@@ -60,6 +60,7 @@ class TrainResult:
     last_eval: dict[str, Any] = field(default_factory=dict)
     data_hash: int = 0
     tokens_per_second: float = 0.0
+    model: nn.Module | None = None  # the trained model as it ended (with its adapters, unmerged, in an adapter run)
 
 
 # Keys of a packed batch (t5kit.data.Collator(pack=True)) that the model needs to keep examples apart.
@@ -170,6 +171,10 @@ class _Run:
             )
         self.micro = per_rank // info.world_size
         self.device = info.device
+        if cfg.adapter is not None and info.enabled and t.distributed == "fsdp":
+            raise ConfigError("an adapter run trains under DDP, not FSDP (its checkpoint gathers only full "
+                              "weights): set train.distributed: ddp; an adapter's replica is its base plus "
+                              "a few matrices")
         resume_from = _run_directory(run_dir, resume, info)
 
         # -- set-up (the order fixes what the seeded RNG draws: the initial weights come first)
@@ -326,7 +331,7 @@ class _Run:
             }
             try:
                 path = S.save_checkpoint(self.run_dir, name, to_save, opt_state, state, [r["torch"] for r in ranks],
-                                         self.tokenizer)
+                                         self.tokenizer, self.cfg.model.checkpoint)
                 if name != S.BEST_NAME:
                     S.prune(self.run_dir, self.cfg.checkpoint.keep_last)
             except CheckpointError as err:
@@ -406,6 +411,7 @@ class _Run:
             last_eval=last_eval,
             data_hash=self.data_hash,
             tokens_per_second=(self.tokens_seen - run_start_tokens) / max(elapsed, 1e-9),
+            model=self.model,
         )
 
 

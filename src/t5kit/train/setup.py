@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from t5kit.adapters import add_lora
 from t5kit.data import Collator, Mixture, Shard, get_mixture, get_task, list_mixtures, load_tasks
 from t5kit.data.tasks import span_corruption_task
 from t5kit.errors import ConfigError, DataError, closest_names
@@ -105,7 +106,9 @@ def build_model(cfg: TrainConfig, tokenizer: Any = None, device: torch.device | 
     From ``model.checkpoint`` (its weights) or ``model.preset`` (initialised from the current torch seed,
     sized from ``tokenizer`` unless ``model.overrides`` sets ``vocab_size``); ``model.dropout`` overrides the
     dropout rate; the weights are float32 (float64 with ``train.precision: fp64``). With a ``tokenizer``, the
-    vocabulary is checked against it (module doc).
+    vocabulary is checked against it (module doc). With an ``adapter`` section, the targeted projections get
+    LoRA adapters (:func:`t5kit.adapters.add_lora`) and every other weight is frozen, so the optimiser (which
+    takes the parameters that require a gradient) trains only the adapters.
     """
     m = cfg.model
     if m.checkpoint is not None:
@@ -122,6 +125,9 @@ def build_model(cfg: TrainConfig, tokenizer: Any = None, device: torch.device | 
         check_vocabulary(cfg, model.config.vocab_size, len(tokenizer))
     if m.dropout is not None:
         model.set_dropout(m.dropout)
+    if cfg.adapter is not None:
+        # Before the kernels: they keep a LoRA-wrapped projection on the module path (t5kit.adapters.lora).
+        add_lora(model, cfg.adapter.lora_config())
     model.to(device=device, dtype=WEIGHT_DTYPES[cfg.train.precision])
     if cfg.train.activation_checkpointing:
         model.set_activation_checkpointing(True)
@@ -229,7 +235,12 @@ def check_best_metric(cfg: TrainConfig, val_sets: list[ValidationSet]) -> None:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimiser of ``optim`` over ``model``'s parameters (the FSDP-wrapped model when sharded)."""
+    """The optimiser of ``optim`` over ``model``'s trainable parameters (the FSDP-wrapped model when sharded).
+
+    With an adapter, those are the LoRA matrices alone; ``optim.weight_decay`` applies to them (they are
+    matrices, :func:`t5kit.train.optim.param_groups`), pulling the adapter's product towards zero, i.e. the
+    model towards its base, as peft under the Hugging Face Trainer does; the frozen base is never decayed.
+    """
     o = cfg.optim
     return _build_optimizer(
         model, o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps, o.scale_parameter, o.implementation

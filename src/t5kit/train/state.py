@@ -3,7 +3,11 @@
 A checkpoint is a directory ``step-00001000/`` holding:
 
 - ``config.json`` + ``model.safetensors``: the weights in the Hugging Face layout, so
-  ``T5Model.from_pretrained(".../step-00001000")`` (or ``transformers``) loads it as is;
+  ``T5Model.from_pretrained(".../step-00001000")`` (or ``transformers``) loads it as is; or, for a run
+  that trains a LoRA adapter (``adapter:`` in the config), ``adapter_config.json`` +
+  ``adapter_model.safetensors`` in peft's layout (:func:`t5kit.adapters.save_adapter`) and no base weights:
+  the base is unchanged, so the checkpoint is the adapter's size (``Generator.from_pretrained(base,
+  adapter=".../step-00001000")`` or ``t5kit adapter merge`` uses it);
 - ``optimizer.pt``: the optimiser state (``torch.save``; loaded with ``weights_only=True``);
 - ``rng.pt``: every rank's torch RNG state (dropout masks continue exactly);
 - ``trainer_state.json``: step, every rank's data position and Python/NumPy RNG states, the running
@@ -30,6 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from t5kit.adapters import CONFIG_NAME as ADAPTER_CONFIG_NAME
+from t5kit.adapters import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
+from t5kit.adapters import load_adapter_state, lora_layers, save_adapter
 from t5kit.checkpoint import convert_hf_state_dict, read_state_dict
 from t5kit.errors import CheckpointError
 from t5kit.io import atomic_directory, remove_directory, write_json
@@ -40,7 +47,10 @@ OPTIMIZER_NAME = "optimizer.pt"
 RNG_NAME = "rng.pt"
 BEST_NAME = "best"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-REQUIRED_FILES = ("config.json", STATE_NAME, OPTIMIZER_NAME, RNG_NAME)
+REQUIRED_FILES = (STATE_NAME, OPTIMIZER_NAME, RNG_NAME)
+# Either the full weights (config.json + model.safetensors or its index) or an adapter in peft's layout.
+FULL_WEIGHTS = (("config.json", "model.safetensors"), ("config.json", "model.safetensors.index.json"))
+ADAPTER_FILES = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
 
 
 def checkpoint_name(step: int) -> str:
@@ -110,7 +120,7 @@ def is_complete(path: Path) -> bool:
     """A directory with every checkpoint file, weights included, and a readable trainer_state.json."""
     if not path.is_dir() or not all((path / name).is_file() for name in REQUIRED_FILES):
         return False
-    if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
+    if not any(all((path / name).is_file() for name in names) for names in (*FULL_WEIGHTS, ADAPTER_FILES)):
         return False
     try:
         json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
@@ -184,10 +194,13 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     torch_rng: list[dict[str, Any]],
     tokenizer: Any = None,
+    base_model_name_or_path: str | None = None,
 ) -> Path:
     """Write a complete checkpoint ``out/name`` atomically (temporary directory, then one rename).
 
-    ``model`` is the plain T5Model (full weights); ``optimizer_state`` its optimiser's state dict;
+    ``model`` is the plain T5Model (full weights written), or one holding LoRA adapters (only the adapter
+    written, peft's layout, ``base_model_name_or_path`` in its config); ``optimizer_state`` its optimiser's
+    state dict;
     ``tokenizer`` (its ``save_pretrained``) goes beside the weights, so the checkpoint loads on its own
     (``Generator.from_pretrained``, ``t5kit generate --model``) like a published one.
     On any write error the temporary directory is removed and a CheckpointError says why.
@@ -196,7 +209,10 @@ def save_checkpoint(
     final = out / name
     try:
         with atomic_directory(final) as tmp:
-            save_model(model, tmp)
+            if lora_layers(model):
+                save_adapter(model, tmp, base_model_name_or_path)
+            else:
+                save_model(model, tmp)
             if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
                 tokenizer.save_pretrained(tmp)
             _save_torch(optimizer_state, tmp / OPTIMIZER_NAME)
@@ -222,7 +238,17 @@ def save_checkpoint(
 
 
 def load_weights(model: torch.nn.Module, directory: Path) -> None:
-    """Copy a checkpoint's weights into an existing model (keeping its parameter objects)."""
+    """Copy a checkpoint's weights into an existing model (keeping its parameter objects): the full weights,
+    or, into a model holding adapters, the checkpoint's adapter (the base is the one the run starts from)."""
+    has_adapter = (directory / ADAPTER_WEIGHTS_NAME).is_file()
+    if lora_layers(model) or has_adapter:
+        if not (lora_layers(model) and has_adapter):
+            held = "an adapter" if has_adapter else "full weights"
+            wanted = "an adapter (the config has an adapter section)" if lora_layers(model) else "full weights"
+            raise CheckpointError(f"checkpoint {directory} holds {held}, this run trains {wanted}; resume with "
+                                  "the config the run was started with")
+        load_adapter_state(model, directory)
+        return
     state, tied = convert_hf_state_dict(read_state_dict(directory), model.config)
     if tied:
         state["lm_head.weight"] = state["shared.weight"]
