@@ -35,6 +35,7 @@ DYNAMIC_IMPORTS = {
     "generate/__init__.py": "names that moved up to t5kit.pipeline in #16, resolved on first use (a cycle otherwise)",
     "checkpoint/__init__.py": "load_model / save_model / hf_state_dict moved up to t5kit.model.loading in #16",
     "metrics.py": "the optional third-party metric packages (sacrebleu, rouge-score), probed by name",
+    "data/corpora/ddtp.py": "the optional lz4 module (apt's index compression), probed by name; else apt-helper",
 }
 
 

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from t5kit import metrics
 from t5kit.data.corpora.common import SPLITS, split_by_package, write_jsonl, write_manifest
 from t5kit.errors import DataError, T5kitError
 from t5kit.io import write_text
@@ -352,8 +353,6 @@ def baselines(data: dict[str, dict[str, list[dict[str, Any]]]], split: str = "te
     """Scores a model must beat, on ``split``: copy the English input (BLEU, chrF) for translation; the
     first sentence, and the first N words (N = the mean train synopsis length), of the description
     (ROUGE) for summarization; the train majority section (accuracy) for classification."""
-    from t5kit import metrics
-
     out: dict[str, Any] = {"split": split}
     try:
         for name, recs in data.items():
