@@ -109,7 +109,34 @@ class BatcherClosed(RuntimeError):
     """Raised by :meth:`Batcher.submit` once shutdown has begun."""
 
 
-class Batcher:
+class ModelWorker:
+    """The one model worker thread a batcher runs its ``_loop`` on: started with the app, drained on
+    shutdown (both batchers share this). Subclasses set ``_cond``, ``_closing`` and ``_thread`` (None)."""
+
+    _cond: threading.Condition
+    _closing: bool
+    _thread: threading.Thread | None
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="t5kit-model-worker", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop taking rows, finish every row already queued or running; True if done within ``timeout``."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class Batcher(ModelWorker):
     """Groups rows into batches and runs them on a single worker thread (see the module docstring).
 
     ``max_batch_size=1`` turns batching off (each row decoded alone), for comparison.
@@ -143,11 +170,6 @@ class Batcher:
         self._scoring_rows = 0  # candidates of POST /v1/score requests not answered yet
 
     # ------------------------------------------------------------------------------------ public
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="t5kit-model-worker", daemon=True)
-            self._thread.start()
-
     def submit(self, rows: Sequence[Row]) -> None:
         """Queue rows for decoding (all rows of one request at once, so they tend to share a batch)."""
         with self._cond:
@@ -183,16 +205,6 @@ class Batcher:
                 pass
 
         threading.Thread(target=run, name="t5kit-score", daemon=True).start()
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Stop taking rows, finish every row already queued or running; True if done within ``timeout``."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     @property
     def queue_depth(self) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 from t5kit.errors import T5kitError
 from t5kit.generate.continuous import DEFAULT_MAX_ENCODER_TOKENS, ContinuousDecoder, Job
-from t5kit.serve.batcher import BatcherClosed, BatcherError, Row, RowEvent, ScoreWork, Ticket
+from t5kit.serve.batcher import BatcherClosed, BatcherError, ModelWorker, Row, RowEvent, ScoreWork, Ticket
 from t5kit.threads import decoding_threads, tick
 
 
@@ -48,7 +48,7 @@ class _Request:
         return sum(len(r.ids) for r in self.rows)
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(ModelWorker):
     """In-flight batching on one model worker thread (see the module docstring).
 
     ``engine`` is a ``t5kit.serve.engine.Engine``: it turns a request's rows into a
@@ -90,11 +90,6 @@ class ContinuousBatcher:
         self.steps = 0
 
     # ------------------------------------------------------------------------------------ public
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="t5kit-model-worker", daemon=True)
-            self._thread.start()
-
     def submit(self, rows: Sequence[Row]) -> None:
         """Queue one request's rows (they share a ticket and settings); they join at the next step."""
         if not rows:
@@ -122,16 +117,6 @@ class ContinuousBatcher:
             self._scoring.append(work)
             self._waiting_rows += work.rows
             self._cond.notify()
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Stop taking rows, finish every row already queued or running; True if done within ``timeout``."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     @property
     def queue_depth(self) -> int:
@@ -284,16 +269,19 @@ class ContinuousBatcher:
 
     @staticmethod
     def _end(request: _Request, reason: str) -> None:
-        for i, row in enumerate(request.rows):
-            if request.ended is None or not request.ended[i]:
-                row.sink(RowEvent("end", row.index, stop_reason=reason))
-        request.ended = [True] * len(request.rows)
+        """Each row of ``request`` not ended yet ends with ``reason`` ("cancelled")."""
+        ContinuousBatcher._finish(request, lambda row: RowEvent("end", row.index, stop_reason=reason))
 
     @staticmethod
     def _fail(request: _Request, message: str) -> None:
+        """Each row of ``request`` not ended yet gets an error event with ``message``."""
+        ContinuousBatcher._finish(request, lambda row: RowEvent("error", row.index, error=message))
+
+    @staticmethod
+    def _finish(request: _Request, event: Callable[[Row], RowEvent]) -> None:
         for i, row in enumerate(request.rows):
             if request.ended is None or not request.ended[i]:
-                row.sink(RowEvent("error", row.index, error=message))
+                row.sink(event(row))
         request.ended = [True] * len(request.rows)
 
 

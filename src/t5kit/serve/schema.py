@@ -188,10 +188,10 @@ class CheckedScore:
     normalize: str
 
 
-def check_score_request(req: ScoreRequest, limits: Limits) -> CheckedScore:
-    """The shape rules of ``POST /v1/score`` (exactly one of targets / choices, counts that match, no empty
-    or repeated candidate) and its limits; the first broken one is raised as an :class:`APIError`."""
-    texts = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
+def request_texts(inputs: str | list[str], limits: Limits) -> list[str]:
+    """A request's ``inputs`` as a list of texts, each checked (:func:`check_texts`), within
+    ``max_inputs_per_request``: the rule /v1/generate and /v1/score share."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
     if not texts:
         raise APIError(422, "invalid_request", "inputs: the list is empty; send at least one text")
     if len(texts) > limits.max_inputs_per_request:
@@ -199,6 +199,13 @@ def check_score_request(req: ScoreRequest, limits: Limits) -> CheckedScore:
             422, "max_inputs_per_request", limits.max_inputs_per_request, f"the request has {len(texts)} inputs"
         )
     check_texts(texts)
+    return texts
+
+
+def check_score_request(req: ScoreRequest, limits: Limits) -> CheckedScore:
+    """The shape rules of ``POST /v1/score`` (exactly one of targets / choices, counts that match, no empty
+    or repeated candidate) and its limits; the first broken one is raised as an :class:`APIError`."""
+    texts = request_texts(req.inputs, limits)
     if (req.targets is None) == (req.choices is None):
         raise APIError(422, "invalid_request", "give either targets (the text to score for each input) or "
                        "choices (the candidates to rank), not both and not neither")
@@ -479,14 +486,7 @@ def check_request(req: GenerateRequest, limits: Limits, stream_beams: bool = Fal
     """The limits and the rules of serving (beam search does not sample here, and streams only with a batcher
     that streams its settled prefix: ``stream_beams``), then the decoding options themselves; the first
     broken one is raised as an :class:`APIError`."""
-    texts = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
-    if not texts:
-        raise APIError(422, "invalid_request", "inputs: the list is empty; send at least one text")
-    if len(texts) > limits.max_inputs_per_request:
-        raise limit_error(
-            422, "max_inputs_per_request", limits.max_inputs_per_request, f"the request has {len(texts)} inputs"
-        )
-    check_texts(texts)
+    texts = request_texts(req.inputs, limits)
     p = req.parameters
     asked = p.max_new_tokens  # type: ignore[attr-defined]
     new = asked if asked is not None else min(limits.default_max_new_tokens, limits.max_new_tokens)
