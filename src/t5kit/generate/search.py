@@ -115,7 +115,7 @@ def _prepare_inputs(model: Any, input_ids: Any, attention_mask: Any) -> tuple[Te
     if input_ids.dim() != 2:
         raise GenerationError(f"input_ids must have shape [batch, length], got {tuple(input_ids.shape)}")
     if input_ids.shape[0] == 0:
-        raise GenerationError("input_ids is an empty batch: nothing to generate from")
+        raise GenerationError("input_ids is an empty batch: give at least one source")
     if input_ids.shape[1] == 0:
         raise GenerationError("input_ids has zero length: every source needs at least one token (EOS)")
     if input_ids.dtype not in (torch.int64, torch.int32):
