@@ -75,3 +75,11 @@ def write_pos_task(root: Path, per_class: dict[str, int], max_chars: int = 80, s
             "source": {"train": "train.jsonl", "validation": "test.jsonl", "test": "test.jsonl"}}
     (root / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [task]}), encoding="utf-8")
     return root / "tasks.yaml"
+
+
+@pytest.fixture
+def restore_threads():
+    """The caller's torch thread count back after a test that sets its own (the learning tests run on one)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

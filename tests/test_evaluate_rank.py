@@ -26,11 +26,6 @@ from t5kit.train import TrainConfig, train
 POS = WORDNET_POS
 
 
-@pytest.fixture
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 PER_CLASS = {"train": 150, "test": 40}
 

@@ -7,10 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
-from conftest import T5_VOCAB
+from conftest import (
+    T5_VOCAB,
+    restore_threads,  # noqa: F401  (the fixture, re-exported for the train tests)
+)
 
 REPO = Path(__file__).resolve().parents[2]
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -101,11 +103,6 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
-@pytest.fixture
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------- parity
