@@ -2,7 +2,7 @@
 optimiser (torch AdamW, fused kernel for both), in fp32 and under bf16 autocast.
 
     python benchmarks/train.py [--preset t5-small] [--batch 8] [--source 128] [--target 32] [--threads 2]
-                               [--steps 24] [--block 3] [--rounds 1] [--compile]
+                               [--steps 24] [--block 3] [--rounds 1] [--compile] [--precisions fp32 bf16]
 
 Each engine and precision runs in its own subprocess (a fair peak RSS). The processes of one precision
 live side by side and take turns: one untimed step (the other's turn has pushed this one's weights and
@@ -33,6 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, peak_rss_mb, save_random_hf_checkpoint, set_threads, time_it  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16")  # fp32, and bf16 under autocast
 
 WARMUP_STEPS = 2  # per process, before the first turn
 
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=3, help="timed steps per turn, after one untimed step")
     parser.add_argument("--rounds", type=int, default=1, help="start the processes anew N times; steps pool")
     parser.add_argument("--compile", action="store_true", help="also time t5kit under torch.compile")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                        help="fp32 and/or bf16 (autocast); bf16 is emulated, and slow, on CPUs without native bf16")
     parser.add_argument(
         "--child", nargs=3, metavar=("ENGINE", "PRECISION", "CHECKPOINT"), help=argparse.SUPPRESS
     )
@@ -212,7 +216,7 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
     turns: dict[tuple[str, str], list[list[float]]] = {}  # per engine and precision: each turn's step seconds
     summaries: dict[tuple[str, str], dict] = {}
     for _ in range(args.rounds):
-        for precision in ("fp32", "bf16"):
+        for precision in args.precisions:
             try:
                 round_turns, round_summaries = interleaved_round(args, engines, precision, directory)
             except RuntimeError as error:
@@ -231,19 +235,18 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
             return []
         return [statistics.median(hf) / statistics.median(mine) for hf, mine in zip(base, ours)]
 
-    peaks = {
-        "fp32": matmul_peak(args.threads, torch.float32),
-        "bf16": matmul_peak(args.threads, torch.bfloat16),
-    }
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {precision: matmul_peak(args.threads, dtypes[precision]) for precision in args.precisions}
     print(
-        f"matmul peak ({args.threads} threads): fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
-        f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s; model {flops / 1e9:.1f} GFLOP per step"
+        f"matmul peak ({args.threads} threads): "
+        + ", ".join(f"{precision} {peak / 1e9:.1f} GFLOP/s" for precision, peak in peaks.items())
+        + f"; model {flops / 1e9:.1f} GFLOP per step"
     )
     print(
         f"{'precision':9} {'engine':15} {'ms/step':>8} {'tokens/s':>9} {'vs hf':>6} {'peak RSS MiB':>13} "
         f"{'mem vs hf':>9} {'MFU':>6}"
     )
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions:
         for engine in engines:
             if not turns.get((engine, precision)):
                 continue
@@ -258,7 +261,7 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
                 f"{rss:13.0f} {mem:8.2f}x {flops / seconds / peaks[precision]:6.1%}"
             )
     print("ms/step: median step; vs hf: median over turns of transformers' median step / this engine's")
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions:
         for engine in engines[1:]:
             ratios = paired_ratios(engine, precision)
             if ratios:
