@@ -16,7 +16,7 @@ from torch import nn
 from t5kit import T5Config, T5Model
 from t5kit.kernels import install
 from t5kit.kernels.inference import cpu, linear
-from t5kit.kernels.inference.cpu import native_bf16, parse_cache_size, parse_cpuinfo
+from t5kit.kernels.inference.cpu import native_bf16, parse_cpuinfo
 from t5kit.kernels.inference.linear import (
     BACKEND_ENV,
     CANDIDATES,
@@ -263,34 +263,8 @@ def test_reduced_precision_fp32_matmuls_take_pytorchs_own_path():
     assert layer.storages() == ("fp32",)
 
 
-def test_the_timing_cycles_through_weight_copies_larger_than_the_cache(monkeypatch):
-    """Inside a decoding step each weight streams from DRAM; a kernel timed on one weight over and over is
-    timed cache-hot. The ring spans twice the last-level cache (capped) and every copy is packed and run."""
-    monkeypatch.setattr(linear, "last_level_cache_bytes", lambda: 8 * 2**20)
-    assert linear.ring_copies(2**20) == 16  # 2 x 8 MiB of 1 MiB weights
-    assert linear.ring_copies(64 * 2**20) == 1  # the head of a large vocabulary streams anyway
-    assert linear.ring_copies(1) == linear.RING_COPIES  # tiny weights: capped (they sit in cache in a step too)
-    monkeypatch.setattr(linear, "last_level_cache_bytes", lambda: 2**40)
-    assert linear.ring_copies(16 * 2**20) == linear.RING_BYTES // (16 * 2**20)  # a huge cache: capped in bytes
-
-    seen: set[int] = set()
-
-    def counting(x, weight):
-        seen.add(weight.data_ptr())
-        return F.linear(x, weight)
-
-    counted = Candidate("counted", "fp32", lambda w: w.detach(), counting, lambda: True, "test")
-    monkeypatch.setattr(linear, "CANDIDATES", (*CANDIDATES, counted))
-    monkeypatch.setitem(linear._BY_NAME, "counted", counted)
-    monkeypatch.setattr(linear, "ring_copies", lambda nbytes: 5)
-    layer = backend_layer(64, 32, ("fp32",))
-    linear.choose(layer, 4)
-    assert len(seen) == 5 and layer.weight.data_ptr() in seen
-    assert "counted" in linear._choices()["fp32 64x32 rows 4"]["us"]
-
-
-def test_a_kernel_limited_to_some_buckets_is_a_candidate_only_there():
-    """MKL's packed sgemm is packed for one row: a candidate at bucket 1 only, and exact elsewhere anyway."""
+def test_a_kernel_limited_to_some_buckets_is_a_candidate_only_there(monkeypatch):
+    """MKL's packed sgemm is packed for one row: a candidate at bucket 1 only (and exact elsewhere anyway)."""
     packed = linear._BY_NAME["mkl-packed"]
     assert packed.serves(1) and not packed.serves(4)
     names = {c.name for c in linear.candidates(("fp32",), 16)}
@@ -301,9 +275,5 @@ def test_a_kernel_limited_to_some_buckets_is_a_candidate_only_there():
         x = torch.randn(3, 32)
         with torch.no_grad():  # another row count runs the unpacked GEMM: exactly F.linear
             assert torch.equal(packed.run(x, packed.pack(layer.weight)), F.linear(x, layer.weight))
-
-
-@pytest.mark.parametrize("text, size", [("32768K", 32 * 2**20), ("32M", 32 * 2**20), ("1024", 1024), ("", 0),
-                                        ("big", 0)])
-def test_cache_size_parsing(text, size):
-    assert parse_cache_size(text + "\n") == size
+        monkeypatch.setenv(BACKEND_ENV, "mkl-packed")  # forced, it applies where it serves; elsewhere the default
+        assert linear.choose(layer, 1) == "mkl-packed" and linear.choose(layer, 16) == "mkl"

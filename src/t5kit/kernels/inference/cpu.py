@@ -52,34 +52,6 @@ def isa() -> list[str]:
     return [f for f in ISA_FLAGS if f in flags]
 
 
-DEFAULT_LAST_LEVEL_CACHE = 32 * 2**20  # where sysfs does not say (the 2-core EPYC VMs here have 32 MiB)
-
-
-def parse_cache_size(text: str) -> int:
-    """Bytes of a sysfs cache ``size`` (``32768K``, ``32M``); 0 if unreadable."""
-    text = text.strip().upper()
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
-    try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
-        return 0
-
-
-@functools.cache
-def last_level_cache_bytes() -> int:
-    """Size of the largest data or unified cache of cpu0 (the L3 on x86), from sysfs; a default where unknown."""
-    sizes = []
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            if (index / "type").read_text().strip() in ("Data", "Unified"):
-                sizes.append(parse_cache_size((index / "size").read_text()))
-        except OSError:
-            continue
-    return max(sizes, default=0) or DEFAULT_LAST_LEVEL_CACHE
-
-
 def native_bf16() -> bool:
     """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 on x86, BF16 on Arm); elsewhere
     PyTorch emulates it, slower than fp32."""

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from t5kit.errors import T5kitError
 from t5kit.io import write_json
-from t5kit.kernels.inference.cpu import cpu_line, cpu_model, isa, last_level_cache_bytes
+from t5kit.kernels.inference.cpu import cpu_line, cpu_model, isa
 
 BUCKETS = (1, 4, 16, 64, 256)  # a call of r rows runs the kernel of the smallest bucket >= r (above 256: 256)
 BACKEND_ENV = "T5KIT_LINEAR_BACKEND"
@@ -59,10 +59,7 @@ CACHE_FILE = "linear-backends.json"
 # timings of one kernel moved by up to ~30% between runs on the shared 2-core VMs (512x512, 16 rows: 85-117 us).
 MARGIN = 0.10
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "bf16": 2.0**-8, "fp16": 2.0**-11}
-STORAGE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
-RING_BYTES = 256 * 2**20  # timing copies per kernel: at most this many bytes (ring_copies) ...
-RING_COPIES = 64  # ... and at most this many copies
-TIMING = "timed over weight copies"  # part of the cache key (_machine_key)
+CANDIDATES_VERSION = 2  # bumped when CANDIDATES gains a kernel (part of the cache key: _machine_key)
 
 
 class BackendError(T5kitError, ValueError):
@@ -177,10 +174,10 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("mkl", "fp32", _same, _dense, lambda: True, "PyTorch's F.linear: MKL sgemm on x86"),
     Candidate("onednn", "fp32", _onednn_pack, _onednn, torch.backends.mkldnn.is_available,
               "oneDNN with a prepacked weight"),
-    # On a 2-core AMD EPYC (AVX2) the 32128 x 512 head at one row, weights streaming from DRAM: 3.0 ms against
-    # oneDNN's 4.1 and MKL's 6.1 (21.7 GB/s, near the 22.9 GB/s read bound); slower at every other size there.
+    # 2-core AMD EPYC (AVX2), 2 threads: the 32128 x 512 head at one row 3.0 ms against oneDNN's 4.1 and MKL's
+    # 6.1 (21.7 GB/s from DRAM, near the 23 GB/s read bound); at 4 and 16 rows 2.5x and 1.7x oneDNN's time.
     Candidate("mkl-packed", "fp32", _mkl_packed_pack, _mkl_packed, _mkl_packed_available,
-              "MKL's packed sgemm, weight packed for one-row calls", buckets=(1,)),
+              "MKL's packed sgemm, the weight packed for one-row calls", buckets=(1,)),
     Candidate("aten-bf16", "bf16", _same, _dense, lambda: True, "PyTorch's bf16 F.linear"),
     Candidate("onednn-bf16", "bf16", _onednn_pack, _onednn, _onednn_bf16_available,
               "oneDNN with a prepacked bf16 weight"),
@@ -281,8 +278,8 @@ def cache_path() -> Path:
 
 def _machine_key() -> str:
     # the ISA too: VMs of different hosts share names such as "Intel(R) Xeon(R) Processor"
-    # TIMING names how choices are timed: choices timed another way are timed again
-    return f"{cpu_model()} [{' '.join(isa())}] | torch {torch.__version__} | {TIMING}"
+    # CANDIDATES_VERSION too: choices made before a kernel was added are timed again, with it
+    return f"{cpu_model()} [{' '.join(isa())}] | torch {torch.__version__} | candidates {CANDIDATES_VERSION}"
 
 
 def _read_cache() -> dict[str, Any]:
@@ -341,41 +338,21 @@ def reset() -> None:
         forget_plans(module)
 
 
-def ring_copies(weight_bytes: int) -> int:
-    """How many copies of a weight the timing cycles through, so that they stream from DRAM as in a step.
-
-    A decoding step reads every weight of the model once, so for a model larger than the last-level cache each
-    layer's weight arrives from DRAM, not from cache. Timing one weight over and over measured it cache-hot,
-    and that picked the wrong kernel (2-core AMD EPYC, AVX2, 32 MiB L3; t5-small's 48 decoder weights at one
-    row: MKL 31 us against oneDNN 51 us per 512x512 call hot, 7.3 ms against 5.4 ms for the 48 calls from
-    DRAM). Twice the cache in copies (at most :data:`RING_BYTES`, at most :data:`RING_COPIES`): a model that
-    fits in the cache is timed about as it runs, mostly from cache.
-    """
-    span = min(2 * last_level_cache_bytes(), RING_BYTES)
-    return max(1, min(RING_COPIES, math.ceil(span / max(weight_bytes, 1))))
-
-
-def _time_all(runs: dict[str, tuple[Callable, list[Any]]], x: Tensor, rounds: int = 5) -> dict[str, float]:
-    """Best microseconds per call of each kernel, each call on the next packed copy of its ring (see
-    :func:`ring_copies`); the candidates take turns, so a slow moment hits all."""
+def _time_all(runs: dict[str, tuple[Callable, Any]], x: Tensor, rounds: int = 5) -> dict[str, float]:
+    """Best microseconds per call of each kernel; the candidates take turns, so a slow moment hits all."""
     per_call = {}
-    for name, (run, ring) in runs.items():
-        for packed in ring:  # first calls (oneDNN builds its primitive) and page faults out of the timing
-            run(x, packed)
+    for name, (run, packed) in runs.items():
+        run(x, packed)
         start = time.perf_counter()
-        run(x, ring[0])
+        run(x, packed)
         per_call[name] = max(time.perf_counter() - start, 1e-7)
-    # ~1 ms per turn, and at least one pass over the ring; fewer rounds where a turn is long (at most ~0.2 s
-    # per kernel), so that a first use on a new machine times t5-small's 20 shapes and buckets in seconds
-    calls = {name: max(len(runs[name][1]), min(200, int(1e-3 / t))) for name, t in per_call.items()}
-    turn = max(calls[name] * t for name, t in per_call.items())
+    calls = {name: max(1, min(200, int(1e-3 / t))) for name, t in per_call.items()}  # ~1 ms per turn
     best = dict.fromkeys(runs, math.inf)
-    for _ in range(max(2, min(rounds, int(0.2 / turn)))):
-        for name, (run, ring) in runs.items():
-            count = len(ring)
+    for _ in range(rounds):
+        for name, (run, packed) in runs.items():
             start = time.perf_counter()
-            for i in range(calls[name]):
-                run(x, ring[i % count])
+            for _ in range(calls[name]):
+                run(x, packed)
             best[name] = min(best[name], (time.perf_counter() - start) / calls[name])
     return {name: round(t * 1e6, 2) for name, t in best.items()}
 
@@ -398,15 +375,11 @@ def choose(module: BackendLinear, rows: int) -> str:
     if entry is not None and entry.get("kernel") in {c.name for c in options}:
         return entry["kernel"]
     with torch.inference_mode():
-        runs, accurate, copies = {}, {}, {}
+        runs, accurate = {}, {}
         for c in options:
             x = _input_for(c.storage, rows, module.in_features)
             try:
-                if c.storage not in copies:  # the ring of weight copies the timing cycles through
-                    stored = module.stored_weight(c.storage)
-                    count = ring_copies(module.out_features * module.in_features * STORAGE_BYTES[c.storage])
-                    copies[c.storage] = [stored] + [stored.clone() for _ in range(count - 1)]
-                packed = c.pack(copies[c.storage][0])
+                packed = c.pack(module.stored_weight(c.storage))
                 y = c.run(x, packed).double()
             except RuntimeError as err:  # a kernel this CPU or build refuses: not a candidate here
                 warnings.warn(f"linear kernel {c.name} does not run on this machine ({str(err).splitlines()[0]}); "
@@ -417,7 +390,7 @@ def choose(module: BackendLinear, rows: int) -> str:
             within = bool(((y - x.double() @ weight64.T).abs() <= error_bound(c.storage, x, weight64)).all())
             accurate[c.name] = within
             if within:
-                runs[c.name] = (c.run, [packed] + [c.pack(w) for w in copies[c.storage][1:]])
+                runs[c.name] = (c.run, packed)
             else:
                 warnings.warn(f"linear kernel {c.name} is outside its rounding-error bound for a "
                               f"{module.out_features}x{module.in_features} weight on this machine; not used",
@@ -435,7 +408,7 @@ def choose(module: BackendLinear, rows: int) -> str:
     kernel = min(timings, key=timings.get)
     if kernel != default and timings[kernel] > (1 - MARGIN) * timings[default]:
         kernel = default
-    module._remember_pack(kernel, runs[kernel][1][0])  # the others' packs and every copy are freed here
+    module._remember_pack(kernel, runs[kernel][1])  # the others' packs are freed here
     _save(key, {"kernel": kernel, "us": timings, "rejected": sorted(n for n, ok in accurate.items() if not ok)})
     return kernel
 
