@@ -59,7 +59,7 @@ CACHE_FILE = "linear-backends.json"
 # timings of one kernel moved by up to ~30% between runs on the shared 2-core VMs (512x512, 16 rows: 85-117 us).
 MARGIN = 0.10
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "bf16": 2.0**-8, "fp16": 2.0**-11}
-CANDIDATES_VERSION = 2  # bumped when CANDIDATES gains a kernel (part of the cache key: _machine_key)
+CANDIDATES_VERSION = 3  # bumped when CANDIDATES gains a kernel (part of the cache key: _machine_key)
 
 
 class BackendError(T5kitError, ValueError):
@@ -174,6 +174,11 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("mkl", "fp32", _same, _dense, lambda: True, "PyTorch's F.linear: MKL sgemm on x86"),
     Candidate("onednn", "fp32", _onednn_pack, _onednn, torch.backends.mkldnn.is_available,
               "oneDNN with a prepacked weight"),
+    # oneDNN's inner product on the layer's own row-major weight: no packed copy to hold, and on a 2-core AMD EPYC
+    # (AVX2) at one row the fastest fp32 kernel there, weights streaming from DRAM: t5-small's 48 decoder
+    # weights 8.5 ms against 9.2 (prepacked) and 10.9 (MKL); the head 3.5 against 4.1 and 7.9 ms.
+    Candidate("onednn-plain", "fp32", _same, _onednn, torch.backends.mkldnn.is_available,
+              "oneDNN on the unpacked weight (no copy)"),
     # 2-core AMD EPYC (AVX2), 2 threads: the 32128 x 512 head at one row 3.0 ms against oneDNN's 4.1 and MKL's
     # 6.1 (21.7 GB/s from DRAM, near the 23 GB/s read bound); at 4 and 16 rows 2.5x and 1.7x oneDNN's time.
     Candidate("mkl-packed", "fp32", _mkl_packed_pack, _mkl_packed, _mkl_packed_available,
