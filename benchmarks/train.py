@@ -15,6 +15,14 @@ A step is forward + loss, backward, optimiser step, zero_grad; tokens/s counts s
 uses the median step. Model FLOP utilisation (MFU) divides the model's matmul FLOPs per step (forward
 x 3, counted from the shapes) by the step time and by this machine's measured matmul peak (a large
 fp32 / bf16 matmul with the same threads).
+
+``--adapter lora`` (issue 20) trains a LoRA adapter instead (``--lora-r``, ``--lora-alpha``, ``--lora-targets``;
+peft's T5 defaults r 8, alpha 8, q and v): transformers + peft (``get_peft_model``), t5kit as its trainer
+prepares an adapter run (``add_lora``, then the kernels), and t5kit's full fine-tuning beside them; AdamW
+takes the trainable parameters only. It prints each engine's trainable parameters and the two targets:
+t5kit LoRA peak RSS against t5kit full fine-tuning, tokens/s against transformers + peft (paired turns).
+
+    python benchmarks/train.py --adapter lora [--lora-r 16 --lora-targets q k v o wi wo]
 """
 
 from __future__ import annotations
@@ -50,18 +58,30 @@ def child(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     torch.manual_seed(0)
     data = batch(args)
-    if args.engine == "transformers":
+    if args.engine.startswith("transformers"):
         import transformers
 
         model = transformers.T5ForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.float32)
+        if args.engine == "transformers-lora":
+            import peft
+
+            model = peft.get_peft_model(model, peft.LoraConfig(
+                r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=list(args.lora_targets),
+                task_type="SEQ_2_SEQ_LM"))
     else:
         from t5kit import T5Model
+        from t5kit.adapters import LoRAConfig, add_lora
         from t5kit.kernels import install
 
-        # As t5kit's trainer prepares it: the CPU training kernels swapped in (t5kit.kernels).
-        model = install(T5Model.from_pretrained(args.checkpoint, dtype=torch.float32))
+        # As t5kit's trainer prepares it (t5kit.train.setup.build_model): the adapters first (every other weight
+        # frozen), then the CPU training kernels swapped in (t5kit.kernels).
+        model = T5Model.from_pretrained(args.checkpoint, dtype=torch.float32)
+        if args.engine == "t5kit-lora":
+            add_lora(model, LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, targets=tuple(args.lora_targets)))
+        model = install(model)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
     forward = torch.compile(model) if args.engine == "t5kit-compiled" else model
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     losses = []
@@ -89,7 +109,8 @@ def child(args: argparse.Namespace) -> None:
             step()
             seconds.append(time.perf_counter() - start)
         print(json.dumps({"seconds": seconds}), flush=True)
-    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "first_loss": losses[0] if losses else None}), flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "first_loss": losses[0] if losses else None,
+                      "trainable": sum(p.numel() for p in trainable)}), flush=True)
 
 
 def model_flops(preset: str, batch: int, source: int, target: int) -> float:
@@ -130,6 +151,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time t5kit under torch.compile")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                         help="fp32 and/or bf16 (autocast); bf16 is emulated, and slow, on CPUs without native bf16")
+    parser.add_argument("--adapter", choices=["lora"], help="train a LoRA adapter: t5kit against transformers + "
+                        "peft (same rank, alpha, targets), with t5kit's full fine-tuning beside them for memory")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--lora-alpha", type=float, default=8.0)
+    parser.add_argument("--lora-targets", nargs="+", default=["q", "v"], help="peft's T5 default: q v")
     parser.add_argument(
         "--child", nargs=3, metavar=("ENGINE", "PRECISION", "CHECKPOINT"), help=argparse.SUPPRESS
     )
@@ -157,7 +183,8 @@ class Engine:
     def __init__(self, args: argparse.Namespace, engine: str, precision: str, directory: Path):
         cmd = [sys.executable, __file__, "--child", engine, precision, str(directory), "--threads",
                str(args.threads), "--batch", str(args.batch), "--source", str(args.source), "--target",
-               str(args.target)]
+               str(args.target), "--lora-r", str(args.lora_r), "--lora-alpha", str(args.lora_alpha),
+               "--lora-targets", *args.lora_targets]
         self.name = engine
         self.errors = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
@@ -210,7 +237,11 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def run_engines(args: argparse.Namespace, directory: Path) -> None:
-    engines = ["transformers", "t5kit"] + (["t5kit-compiled"] if args.compile else [])
+    if args.adapter:  # the first engine is the one the others are paired against
+        engines = ["transformers-lora", "t5kit-lora", "t5kit"]
+    else:
+        engines = ["transformers", "t5kit"] + (["t5kit-compiled"] if args.compile else [])
+    base_engine = engines[0]
     flops = model_flops(args.preset, args.batch, args.source, args.target)
     tokens = args.batch * (args.source + args.target)
     turns: dict[tuple[str, str], list[list[float]]] = {}  # per engine and precision: each turn's step seconds
@@ -230,7 +261,7 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
 
     def paired_ratios(engine: str, precision: str) -> list[float]:
         """transformers' median step over this engine's, turn by turn (the two turns ran side by side)."""
-        base, ours = turns.get(("transformers", precision)), turns.get((engine, precision))
+        base, ours = turns.get((base_engine, precision)), turns.get((engine, precision))
         if not base or not ours:
             return []
         return [statistics.median(hf) / statistics.median(mine) for hf, mine in zip(base, ours)]
@@ -243,8 +274,8 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
         + f"; model {flops / 1e9:.1f} GFLOP per step"
     )
     print(
-        f"{'precision':9} {'engine':15} {'ms/step':>8} {'tokens/s':>9} {'vs hf':>6} {'peak RSS MiB':>13} "
-        f"{'mem vs hf':>9} {'MFU':>6}"
+        f"{'precision':9} {'engine':17} {'ms/step':>8} {'tokens/s':>9} {'vs hf':>6} {'peak RSS MiB':>13} "
+        f"{'mem vs hf':>9} {'MFU':>6} {'trainable':>11}"
     )
     for precision in args.precisions:
         for engine in engines:
@@ -254,20 +285,33 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
             ratios = paired_ratios(engine, precision)
             ratio = statistics.median(ratios) if ratios else float("nan")
             rss = summaries[(engine, precision)]["peak_rss_mb"]
-            base = summaries.get(("transformers", precision))
+            base = summaries.get((base_engine, precision))
             mem = rss / base["peak_rss_mb"] if base else float("nan")
+            trainable = summaries[(engine, precision)].get("trainable", 0)
             print(
-                f"{precision:9} {engine:15} {seconds * 1000:8.1f} {tokens / seconds:9.0f} {ratio:5.2f}x "
-                f"{rss:13.0f} {mem:8.2f}x {flops / seconds / peaks[precision]:6.1%}"
+                f"{precision:9} {engine:17} {seconds * 1000:8.1f} {tokens / seconds:9.0f} {ratio:5.2f}x "
+                f"{rss:13.0f} {mem:8.2f}x {flops / seconds / peaks[precision]:6.1%} {trainable:11,}"
             )
-    print("ms/step: median step; vs hf: median over turns of transformers' median step / this engine's")
+    print(f"ms/step: median step; vs hf: median over turns of {base_engine}'s median step / this engine's"
+          + ("; MFU counts the full model's FLOPs (an adapter's backward skips the frozen weights' gradients)"
+             if args.adapter else ""))
     for precision in args.precisions:
         for engine in engines[1:]:
             ratios = paired_ratios(engine, precision)
             if ratios:
                 q1, median, q3 = quartiles(ratios)
-                print(f"{precision} {engine} vs transformers over {len(ratios)} paired turns: median {median:.2f}x, "
+                print(f"{precision} {engine} vs {base_engine} over {len(ratios)} paired turns: median {median:.2f}x, "
                       f"quartiles {q1:.2f}x-{q3:.2f}x, range {min(ratios):.2f}x-{max(ratios):.2f}x")
+    if args.adapter:  # issue 20's targets
+        for precision in args.precisions:
+            lora, full = summaries.get(("t5kit-lora", precision)), summaries.get(("t5kit", precision))
+            ratios = paired_ratios("t5kit-lora", precision)
+            if lora and full and ratios:
+                memory = lora["peak_rss_mb"] / full["peak_rss_mb"]
+                speed = statistics.median(ratios)
+                print(f"targets ({precision}): t5kit LoRA peak RSS / t5kit full fine-tuning {memory:.2f}x "
+                      f"(target <= 0.6x: {'met' if memory <= 0.6 else 'NOT met'}); t5kit LoRA tokens/s / "
+                      f"transformers + peft {speed:.2f}x (target >= 1.3x: {'met' if speed >= 1.3 else 'NOT met'})")
 
 
 if __name__ == "__main__":

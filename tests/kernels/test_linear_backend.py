@@ -188,14 +188,17 @@ def test_report_and_summary_cover_every_shape_and_bucket():
     torch.manual_seed(0)
     model = install(T5Model(T5Config.from_preset("tiny")).eval(), "inference")
     choices = report(model, rows=(1, 16))
-    linears = [m for m in model.modules() if isinstance(m, BackendLinear)]
+    # the model's own linears and the fused q/k/v copies its self-attentions run (t5kit.kernels.inference.attention)
+    linears = [m for m in linear.inference_linears(model) if isinstance(m, BackendLinear)]
     shapes = {(m.out_features, m.in_features) for m in linears}
+    assert (3 * model.config.inner_dim, model.config.d_model) in shapes
     assert {(c.shape, c.rows) for c in choices} == {(s, r) for s in shapes for r in (1, 16)}
     assert sum(c.modules for c in choices if c.rows == 1) == len(linears)
     assert all(c.kernel in c.timings_us for c in choices)
     text = summary(model)
     assert text.startswith("CPU: ") and f"torch {torch.__version__}" in text
     assert f"{model.config.vocab_size}x{model.config.d_model}" in text
+    assert f"{3 * model.config.inner_dim}x{model.config.d_model}" in text
 
 
 @pytest.mark.parametrize("family", ["v1.0-relu-tied", "v1.1-gated-untied"])

@@ -418,6 +418,18 @@ def choose(module: BackendLinear, rows: int) -> str:
     return kernel
 
 
+def timed_us(module: BackendLinear, rows: int) -> float | None:
+    """Microseconds per call of the kernel chosen for ``module`` at ``rows``' bucket, as it was timed (choosing
+    it now if needed); None where nothing was timed (a forced kernel, a plain layer)."""
+    storages = module.storages()
+    if not storages:
+        return None
+    rows = bucket(rows)
+    kernel = choose(module, rows)
+    entry = _choices().get(_choice_key(storages, (module.out_features, module.in_features), rows))
+    return None if entry is None or forced_kernel() is not None else entry.get("us", {}).get(kernel)
+
+
 # ------------------------------------------------------------------------------------------------ the module
 
 _STATEFUL: weakref.WeakSet = weakref.WeakSet()  # layers holding plans, so that reset() reaches them
@@ -571,10 +583,22 @@ class LinearChoice:
     timings_us: dict[str, float]
 
 
+def inference_linears(model: nn.Module) -> list[nn.Module]:
+    """``model``'s modules, plus the linear layers a module runs beside its children (a fused q/k/v copy:
+    ``inference_linears()`` on that module), in order."""
+    found = []
+    for module in model.modules():
+        found.append(module)
+        extra = getattr(module, "inference_linears", None)
+        if callable(extra):
+            found.extend(extra())
+    return found
+
+
 def report(model: nn.Module, rows: Iterable[int] = BUCKETS) -> list[LinearChoice]:
     """The choice for every linear weight shape of ``model`` at every bucket of ``rows`` (timing the missing)."""
     groups: dict[tuple, list[BackendLinear]] = {}
-    for module in model.modules():
+    for module in inference_linears(model):
         if isinstance(module, BackendLinear) and module.storages():
             groups.setdefault((module.storages(), module.out_features, module.in_features), []).append(module)
     choices = []
