@@ -30,6 +30,7 @@ from t5kit.kernels.inference.linear import (
     stored_weight64,
     summary,
 )
+from t5kit.kernels.inference.precision import inference_model
 
 AVAILABLE = [c for c in CANDIDATES if c.available()]
 
@@ -186,12 +187,13 @@ def test_a_corrupt_cache_is_ignored_with_a_warning_and_rewritten(tmp_path):
 
 def test_report_and_summary_cover_every_shape_and_bucket():
     torch.manual_seed(0)
-    model = install(T5Model(T5Config.from_preset("tiny")).eval(), "inference")
+    model = install(inference_model(T5Model(T5Config.from_preset("tiny")).eval(), "int8"), "inference")
     choices = report(model, rows=(1, 16))
-    # the model's own linears and the fused q/k/v copies its self-attentions run (t5kit.kernels.inference.attention)
+    # the model's own linears and the fused q/k/v and wi_0/wi_1 copies it runs (t5kit.kernels.inference.fused)
     linears = [m for m in linear.inference_linears(model) if isinstance(m, BackendLinear)]
     shapes = {(m.out_features, m.in_features) for m in linears}
     assert (3 * model.config.inner_dim, model.config.d_model) in shapes
+    assert (2 * model.config.d_ff, model.config.d_model) in shapes
     assert {(c.shape, c.rows) for c in choices} == {(s, r) for s in shapes for r in (1, 16)}
     assert sum(c.modules for c in choices if c.rows == 1) == len(linears)
     assert all(c.kernel in c.timings_us for c in choices)
