@@ -92,7 +92,10 @@ def make_app(args: argparse.Namespace) -> Any:
     for name, value in vars(limits).items():
         if value <= 0:
             raise T5kitError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    engine = Engine.load(model, dtype=args.dtype, name=args.name, precision=args.precision)
+    from t5kit.adapters.multi import parse_adapter_specs
+
+    adapters = parse_adapter_specs(args.adapter or [])
+    engine = Engine.load(model, dtype=args.dtype, name=args.name, precision=args.precision, adapters=adapters)
     max_batch = 1 if args.no_batching else args.max_batch_size
     chosen = {"batching": args.batching} if args.batching else {}  # else create_app's default
     if args.no_batching:  # one input at a time: the static batcher with batches of one
@@ -124,7 +127,8 @@ def _serve(args: argparse.Namespace) -> int:
     batching = "off" if max_batch == 1 else f"{app.state.batching}, up to {max_batch} rows, {window}"
     print(
         f"t5kit serve: {engine.name} ({engine.model.num_parameters() / 1e6:.1f}M parameters"
-        f"{', ' + engine.precision if engine.precision else ''}), batching "
+        f"{', ' + engine.precision if engine.precision else ''}"
+        f"{', adapters ' + ', '.join(engine.adapters.names) if engine.adapters else ''}), batching "
         f"{batching}; playground http://{args.host}:{args.port}/",
         file=sys.stderr,
         flush=True,
@@ -160,6 +164,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: as saved)"
     )
     add_precision_argument(p, default=None)
+    p.add_argument("--adapter", action="append", metavar="NAME=DIR",
+                   help="a LoRA adapter (peft's layout) over --model, held unmerged; repeat for several. A request "
+                        "picks one with \"adapter\": NAME, and rows of different adapters share a decoding step. "
+                        "A bare DIR is named by its last path part")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     g = p.add_argument_group("batching")
     g.add_argument(

@@ -23,6 +23,7 @@ Events never carry the EOS token: a row's end is its own event (``token_id`` Non
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -47,13 +48,16 @@ class Job:
     """One request's rows for :class:`ContinuousDecoder`: token ids of each source (EOS included) and options.
 
     ``tag`` is the caller's (the server keeps its request there). ``generator`` seeds sampling: a job's
-    draws depend on its own rows only, so a seeded job gives the same text alone and in any batch.
+    draws depend on its own rows only, so a seeded job gives the same text alone and in any batch. ``route``
+    is the caller's per-row key for the model (the server's adapter index: the decoder hands the keys of
+    each call's rows to its ``route`` callback, and never reads them itself).
     """
 
     input_ids: list[list[int]]
     options: dict[str, Any] = field(default_factory=dict)
     generator: torch.Generator | None = None
     tag: Any = None
+    route: Any = None
     config: GenerationConfig | None = field(default=None, init=False)
     state: SampleState | BeamState | ForcedWordsBeamState | None = field(default=None, init=False, repr=False)
     sent: list[int] = field(default_factory=list, init=False, repr=False)  # beam streaming: tokens reported
@@ -95,9 +99,13 @@ class ContinuousDecoder:
     ``max_new_tokens`` is the longest output any job may ask for. Call :meth:`prepare` on a job (checks its
     options and ids), :meth:`admit` to let prepared jobs in, :meth:`step` to decode one token for every
     running row, :meth:`drop` to stop a job. Not thread-safe: one caller thread (the server's model worker).
+    ``route``, if given, is called before each model call with one key per input row (each job's ``route``:
+    a source's row in the encoder pass, a cache row in a decoding step), so a model whose layers act per row
+    group (several adapters over one base: :class:`t5kit.adapters.multi.AdapterSet`) knows the rows' groups.
     """
 
-    def __init__(self, model: Any, max_new_tokens: int, max_rows: int = 32):
+    def __init__(self, model: Any, max_new_tokens: int, max_rows: int = 32,
+                 route: Callable[[list[Any]], None] | None = None):
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self.model = model
@@ -108,6 +116,7 @@ class ContinuousDecoder:
         self.cache: Any = None
         self.eos = model.config.eos_token_id
         self.compactions = 0
+        self.route = route
 
     # ------------------------------------------------------------------------------------------ admission
     @property
@@ -150,6 +159,8 @@ class ContinuousDecoder:
             input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             mask[i, : len(ids)] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
+        if self.route is not None:  # one row per source (the cross-attention keys/values are computed here too)
+            self.route([job.route for job in jobs for _ in job.input_ids])
         with torch.inference_mode():
             cache = model.new_cache(model.encode(input_ids, mask), mask, max_length=self.capacity)
             repeats, source = [], 0
@@ -204,6 +215,8 @@ class ContinuousDecoder:
                 if not cache.compact():
                     raise GenerationError(f"the decoder cache is full ({cache.max_length} positions)")
                 self.compactions += 1
+            if self.route is not None:
+                self.route([job.route for job in self.jobs for _ in range(job.state.num_rows)])
             inputs = [job.state.tokens if isinstance(job.state, SampleState) else job.state.next_input()
                       for job in self.jobs]
             logits = self.model.decode_step(torch.cat(inputs) if len(inputs) > 1 else inputs[0], cache)[:, -1]

@@ -215,8 +215,17 @@ def create_app(
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def settings_of(options: dict[str, Any], max_new_tokens: int, seed: int | None) -> DecodingSettings:
-        settings = DecodingSettings.of(options, max_new_tokens, seed=seed)
+    def check_adapter(name: str | None) -> str | None:
+        """The adapter a request names, if the server holds it; else a 422 that lists the ones it holds."""
+        try:
+            engine.adapter_index(name)
+        except T5kitError as err:
+            raise APIError(422, "unknown_adapter", f"adapter: {err}") from None
+        return name
+
+    def settings_of(options: dict[str, Any], max_new_tokens: int, seed: int | None,
+                    adapter: str | None = None) -> DecodingSettings:
+        settings = DecodingSettings.of(options, max_new_tokens, seed=seed, adapter=adapter)
         if seed is not None:  # reproducible only when no other request shares the batch
             state["serial"] += 1
             settings = replace(settings, group=state["serial"])
@@ -303,7 +312,7 @@ def create_app(
                 engine.check_options(dict(options, max_new_tokens=new_tokens))
             except GenerationError as err:
                 raise APIError(422, "invalid_request", f"parameters: {err}") from None
-            settings = settings_of(options, new_tokens, checked.seed)
+            settings = settings_of(options, new_tokens, checked.seed, check_adapter(req.adapter))
             ids = encode(texts, req.task)
             check_queue(len(ids))
         except APIError as err:
@@ -485,6 +494,7 @@ def create_app(
         try:
             req = parse_request(await read_body(request), ScoreRequest)
             checked = check_score_request(req, limits)
+            adapter = check_adapter(req.adapter)
             ids = encode(checked.texts, req.task)
             candidates = [engine.tokenizer.batch_encode(group) for group in checked.candidates]
             eos = engine.model.config.eos_token_id
@@ -518,7 +528,7 @@ def create_app(
                     answer.set_result((result, error))
             loop.call_soon_threadsafe(settle)
 
-        work = ScoreWork(ids, candidates, done)
+        work = ScoreWork(ids, candidates, done, adapter=adapter)
         try:
             batcher.submit_score(work)
         except BatcherClosed:

@@ -71,6 +71,7 @@ class ScoreWork:
     candidates: list[list[list[int]]]
     done: Callable[[Any, str | None], None]
     ticket: Ticket = field(default_factory=Ticket)
+    adapter: str | None = None  # the LoRA adapter to score with (None: the base model)
 
     @property
     def rows(self) -> int:

@@ -6,15 +6,18 @@ decoding itself stays in ``t5kit.generate`` (this module only adapts it to the b
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from t5kit.adapters.multi import BASE, attach_adapters
 from t5kit.data.prefixes import task_options, task_prefixes
+from t5kit.errors import ConfigError
 from t5kit.generate import generate, stream
 from t5kit.generate.continuous import ContinuousDecoder, Job
 from t5kit.generate.options import GenerationConfig, check_token_ids
@@ -57,16 +60,17 @@ class DecodingSettings:
     seed: int | None = None
     group: int | None = None  # set to a request's serial to keep it out of shared batches (seeded sampling)
     length_group: int = 0  # max_new_tokens class: a batch runs to its longest row, so keep lengths alike
+    adapter: str | None = None  # the LoRA adapter the rows decode with (None: the base model)
 
     @classmethod
     def of(cls, options: dict[str, Any], max_new_tokens: int, seed: int | None = None,
-           group: int | None = None) -> DecodingSettings:
+           group: int | None = None, adapter: str | None = None) -> DecodingSettings:
         """Settings for a request's rows. Rows of a batch run until its longest limit: greedy and sampled
         limits are grouped by power of two (waste < 2x); beam search is cut only at the end, so there the
         limit must be exact."""
         beams = options.get("num_beams", 1) > 1
         length_group = max_new_tokens if beams else 1 << (max_new_tokens - 1).bit_length()
-        return cls(tuple(sorted((k, _frozen(v)) for k, v in options.items())), seed, group, length_group)
+        return cls(tuple(sorted((k, _frozen(v)) for k, v in options.items())), seed, group, length_group, adapter)
 
     def generate_options(self) -> dict[str, Any]:
         """The ``t5kit.generate`` keyword arguments (those that are not batching bookkeeping)."""
@@ -81,7 +85,10 @@ class Engine:
     """A loaded model and tokenizer, decoding batches for :class:`t5kit.serve.batcher.Batcher`.
 
     ``precision`` (one of ``t5kit.kernels.inference.precision.PRECISIONS``) serves a converted
-    copy of ``model``, made once here; ``None`` serves the model as it is. ``run_batch`` must only be
+    copy of ``model``, made once here; ``None`` serves the model as it is. ``adapters`` (name -> LoRA
+    adapter directory, peft's layout) are attached unmerged over the one base (:mod:`t5kit.adapters.multi`):
+    a request names one (``Row.settings.adapter``), and the continuous batcher decodes rows of different
+    adapters and of the base in one step. ``run_batch`` must only be
     called from one thread at a time (the batcher's worker); the lock makes a mistake there an ordinary
     wait instead of two torch calls racing on the same weights.
     """
@@ -93,11 +100,16 @@ class Engine:
         name: str = "t5kit",
         source: str | None = None,
         precision: str | None = None,
+        adapters: Mapping[str, str | os.PathLike] | None = None,
     ):
         if precision is not None:
             check_precision(precision)
+        # Before the kernels and the precision copies: those then apply to each adapted projection's base.
+        self.adapters = attach_adapters(model, adapters) if adapters else None
         model = install_kernels(model.eval(), "inference")  # as the Generator prepares it (t5kit.kernels)
         self.model = inference_model(model, precision) if precision is not None else model
+        if self.adapters is not None and self.model is not model:  # a converted copy routes its own rows
+            self.adapters = self.adapters.bound_to(self.model)
         self.precision = precision
         self.tokenizer = tokenizer
         self.name = name
@@ -108,14 +120,16 @@ class Engine:
 
     @classmethod
     def load(
-        cls, path: str, dtype: str | None = None, name: str | None = None, precision: str | None = None
+        cls, path: str, dtype: str | None = None, name: str | None = None, precision: str | None = None,
+        adapters: Mapping[str, str | os.PathLike] | None = None,
     ) -> Engine:
-        """Model and tokenizer from one checkpoint directory (or hub id), resolved once."""
+        """Model and tokenizer from one checkpoint directory (or hub id), resolved once; ``adapters`` as in
+        the constructor."""
         directory = resolve(path, what="checkpoint")
         model = T5Model.from_pretrained(str(directory), dtype=dtype)
         tokenizer = load_tokenizer(directory)
         name = name or Path(str(path)).name or str(path)
-        return cls(model, tokenizer, name=name, source=str(path), precision=precision)
+        return cls(model, tokenizer, name=name, source=str(path), precision=precision, adapters=adapters)
 
     # --------------------------------------------------------------------------------- text
     def prefix(self, task: str | None) -> str:
@@ -154,7 +168,23 @@ class Engine:
                 )
             },
             "tasks": dict(self.tasks),
+            "adapters": list(self.adapters.names) if self.adapters is not None else [],
         }
+
+    # --------------------------------------------------------------------------------- adapters
+    def adapter_index(self, name: str | None) -> int:
+        """The route index of adapter ``name`` (None: the base); a ConfigError names the loaded ones."""
+        if self.adapters is None:
+            if name is None:
+                return BASE
+            raise ConfigError(f"no adapter named {name!r} is loaded: this server holds none (start it with "
+                              f"t5kit serve --adapter NAME=DIR); leave adapter out for the base model")
+        return self.adapters.index_of(name)
+
+    def _use_adapter(self, name: str | None) -> None:
+        """Every row of the next model calls decodes with adapter ``name`` (a static batch, a scoring call)."""
+        if self.adapters is not None:
+            self.adapters.use(name)
 
     # --------------------------------------------------------------------------------- decoding
     def run_batch(
@@ -183,6 +213,7 @@ class Engine:
         generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
         eos = self.model.config.eos_token_id
         with self._lock:
+            self._use_adapter(settings.adapter)  # a static batch shares its settings, the adapter among them
             if settings.num_beams > 1:
                 out = generate(
                     self.model,
@@ -249,28 +280,37 @@ class Engine:
         settings = rows[0].settings
         assert isinstance(settings, DecodingSettings)
         generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
-        return Job([list(r.ids) for r in rows], self.options(settings, rows[0].max_new_tokens), generator, tag)
+        return Job([list(r.ids) for r in rows], self.options(settings, rows[0].max_new_tokens), generator, tag,
+                   route=self.adapter_index(settings.adapter))
 
     def continuous_decoder(self, max_new_tokens: int, max_rows: int = 32) -> ContinuousDecoder:
         """A decoder whose running batch requests join and leave step by step (one per model worker), with
         room for ``max_rows`` rows (the batcher's ``max_batch_size``)."""
-        return ContinuousDecoder(self.model, max_new_tokens, max_rows)
+        route = self.adapters.route if self.adapters is not None else None
+        return ContinuousDecoder(self.model, max_new_tokens, max_rows, route=route)
 
     # --------------------------------------------------------------------------------- scoring
     def score_works(self, works: Sequence[Any]) -> list[list[Scored]]:
         """Score the candidates of several ``t5kit.serve.batcher.ScoreWork`` requests in one call: every
         input's encoder pass once, all its candidates in one decoder pass (``t5kit.generate.score.rank``).
         Returns, per work, per input, the candidates' summed / mean log-likelihoods and per-token ones."""
-        sources = [ids for work in works for ids in work.input_ids]
-        candidates = [group for work in works for group in work.candidates]
-        input_ids, mask = self._pad(sources)
-        with self._lock, torch.inference_mode():
-            ranked = rank(self.model, input_ids, mask, candidates)
-        scored = [Scored(r.sums.tolist(), r.means.tolist(), [t.tolist() for t in r.token_logprobs]) for r in ranked]
-        out, at = [], 0
-        for work in works:
-            out.append(scored[at: at + len(work.input_ids)])
-            at += len(work.input_ids)
+        out: list[list[Scored]] = [[] for _ in works]
+        by_adapter: dict[str | None, list[int]] = {}  # one rank call per adapter (its rows expand per candidate)
+        for i, work in enumerate(works):
+            by_adapter.setdefault(work.adapter, []).append(i)
+        for adapter, members in by_adapter.items():
+            sources = [ids for i in members for ids in works[i].input_ids]
+            candidates = [group for i in members for group in works[i].candidates]
+            input_ids, mask = self._pad(sources)
+            with self._lock, torch.inference_mode():
+                self._use_adapter(adapter)
+                ranked = rank(self.model, input_ids, mask, candidates)
+            scored = [Scored(r.sums.tolist(), r.means.tolist(), [t.tolist() for t in r.token_logprobs])
+                      for r in ranked]
+            at = 0
+            for i in members:
+                out[i] = scored[at: at + len(works[i].input_ids)]
+                at += len(works[i].input_ids)
         return out
 
     def _pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

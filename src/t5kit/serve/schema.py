@@ -116,6 +116,8 @@ class GenerateRequest(BaseModel):
 
     inputs: str | list[str] = Field(..., description="one text or a list of texts")
     task: str | None = Field(None, description="a task preset whose prefix is prepended (see /v1/models)")
+    adapter: str | None = Field(None, description="a LoRA adapter the server holds, by name (see /v1/models); "
+                                "absent: the base model")
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)  # type: ignore[valid-type]
     stream: bool = Field(False, description="answer as server-sent events: token, end (per input), done")
     choices: list[str] | None = Field(
@@ -154,6 +156,8 @@ class ScoreRequest(BaseModel):
     choices: list[str] | list[list[str]] | None = Field(
         None, description="candidates to rank: one list for all inputs, or one list per input")
     task: str | None = Field(None, description="a task preset whose prefix is prepended (see /v1/models)")
+    adapter: str | None = Field(None, description="a LoRA adapter the server holds, by name (see /v1/models); "
+                                "absent: the base model")
     normalize: Literal["sum", "mean"] = Field(
         "sum", description="rank by the summed (sum) or the per-token mean (mean) log-likelihood")
 
