@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from t5kit.adapters import load_adapter, merge_lora
+from t5kit.adapters.multi import attach_adapters
 from t5kit.data.prefixes import model_tasks, task_options
 from t5kit.errors import CheckpointError
 from t5kit.generate import (
@@ -184,18 +185,22 @@ class Generator:
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, precision: str | None = None,
                         revision: str | None = None, adapter: str | os.PathLike | None = None,
-                        **load_options: Any) -> Generator:
+                        merge_adapter: bool = True, **load_options: Any) -> Generator:
         """Model and tokenizer from one checkpoint directory (or hub repo id), resolved once.
 
         The loaded model belongs to the generator, so its inference kernels are installed on it
         (``t5kit.kernels.install(model, "inference")``; a converted precision gets them too). ``adapter``: a
         LoRA adapter directory (peft's layout, :mod:`t5kit.adapters`), merged into the loaded weights, so
-        decoding costs what the base model's does.
+        decoding costs what the base model's does; with ``merge_adapter=False`` it is kept apart, as the
+        server keeps several (:func:`t5kit.adapters.multi.attach_adapters`: the base matmul plus two rank-r
+        ones per adapted projection; ``benchmarks/adapters.py`` measures the cost against the merged model).
         """
         directory = resolve(path_or_repo_id, what="checkpoint", revision=revision, error=CheckpointError)
         model = T5Model.from_pretrained(str(directory), **load_options)
-        if adapter is not None:
+        if adapter is not None and merge_adapter:
             merge_lora(load_adapter(model, adapter))
+        elif adapter is not None:
+            attach_adapters(model, {"default": adapter}).use("default")
         return cls(model, load_tokenizer(directory), precision=precision)
 
     def __init__(self, model: Any, tokenizer: Any, precision: str | None = None):
