@@ -109,6 +109,10 @@ def test_generate_with_adapter_equals_the_merged_model(tmp_path, t5_vocab_dir):
     options = dict(max_new_tokens=8)
     expected = [r.text for r in Generator.from_pretrained(merged).generate(texts, **options)]
     assert [r.text for r in Generator.from_pretrained(base, adapter=adapter).generate(texts, **options)] == expected
+    unmerged = Generator.from_pretrained(base, adapter=adapter, merge_adapter=False)
+    assert [r.text for r in unmerged.generate(texts, **options)] == expected
+    assert [r.text for r in unmerged.generate(texts, num_beams=3, **options)] == [
+        r.text for r in Generator.from_pretrained(merged).generate(texts, num_beams=3, **options)]
     assert [r.text for r in Generator.from_pretrained(base).generate(texts, **options)] != expected
     out = t5kit("generate", "--model", str(base), "--adapter", str(adapter), "--max-new-tokens", "8", *texts)
     assert out.returncode == 0, out.stderr

