@@ -21,8 +21,11 @@ peft's T5 defaults r 8, alpha 8, q and v): transformers + peft (``get_peft_model
 prepares an adapter run (``add_lora``, then the kernels), and t5kit's full fine-tuning beside them; AdamW
 takes the trainable parameters only. It prints each engine's trainable parameters and the two targets:
 t5kit LoRA peak RSS against t5kit full fine-tuning, tokens/s against transformers + peft (paired turns).
+``--lora-base-storages fp32 bf16 int8`` adds a t5kit LoRA engine per storage of the frozen base
+(``adapter.base_storage``, :mod:`t5kit.adapters.frozen`).
 
     python benchmarks/train.py --adapter lora [--lora-r 16 --lora-targets q k v o wi wo]
+    python benchmarks/train.py --adapter lora --precisions fp32 --lora-base-storages fp32 bf16 int8
 """
 
 from __future__ import annotations
@@ -76,8 +79,12 @@ def child(args: argparse.Namespace) -> None:
         # As t5kit's trainer prepares it (t5kit.train.setup.build_model): the adapters first (every other weight
         # frozen), then the CPU training kernels swapped in (t5kit.kernels).
         model = T5Model.from_pretrained(args.checkpoint, dtype=torch.float32)
-        if args.engine == "t5kit-lora":
+        if args.engine.startswith("t5kit-lora"):
             add_lora(model, LoRAConfig(r=args.lora_r, alpha=args.lora_alpha, targets=tuple(args.lora_targets)))
+            if args.engine != "t5kit-lora":  # t5kit-lora-bf16 / -int8: the frozen base stored so (as the trainer)
+                from t5kit.adapters.frozen import store_frozen_base
+
+                store_frozen_base(model, args.engine.rpartition("-")[2])
         model = install(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -156,6 +163,8 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=float, default=8.0)
     parser.add_argument("--lora-targets", nargs="+", default=["q", "v"], help="peft's T5 default: q v")
+    parser.add_argument("--lora-base-storages", nargs="+", choices=["fp32", "bf16", "int8"], default=["fp32"],
+                        help="the frozen base's storage (adapter.base_storage); each one a t5kit LoRA engine")
     parser.add_argument(
         "--child", nargs=3, metavar=("ENGINE", "PRECISION", "CHECKPOINT"), help=argparse.SUPPRESS
     )
@@ -238,7 +247,8 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def run_engines(args: argparse.Namespace, directory: Path) -> None:
     if args.adapter:  # the first engine is the one the others are paired against
-        engines = ["transformers-lora", "t5kit-lora", "t5kit"]
+        engines = ["transformers-lora", *(f"t5kit-lora-{s}" if s != "fp32" else "t5kit-lora"
+                                          for s in args.lora_base_storages), "t5kit"]
     else:
         engines = ["transformers", "t5kit"] + (["t5kit-compiled"] if args.compile else [])
     base_engine = engines[0]
@@ -274,7 +284,7 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
         + f"; model {flops / 1e9:.1f} GFLOP per step"
     )
     print(
-        f"{'precision':9} {'engine':17} {'ms/step':>8} {'tokens/s':>9} {'vs hf':>6} {'peak RSS MiB':>13} "
+        f"{'precision':9} {'engine':20} {'ms/step':>8} {'tokens/s':>9} {'vs hf':>6} {'peak RSS MiB':>13} "
         f"{'mem vs hf':>9} {'MFU':>6} {'trainable':>11}"
     )
     for precision in args.precisions:
@@ -289,7 +299,7 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
             mem = rss / base["peak_rss_mb"] if base else float("nan")
             trainable = summaries[(engine, precision)].get("trainable", 0)
             print(
-                f"{precision:9} {engine:17} {seconds * 1000:8.1f} {tokens / seconds:9.0f} {ratio:5.2f}x "
+                f"{precision:9} {engine:20} {seconds * 1000:8.1f} {tokens / seconds:9.0f} {ratio:5.2f}x "
                 f"{rss:13.0f} {mem:8.2f}x {flops / seconds / peaks[precision]:6.1%} {trainable:11,}"
             )
     print(f"ms/step: median step; vs hf: median over turns of {base_engine}'s median step / this engine's"
@@ -303,13 +313,13 @@ def run_engines(args: argparse.Namespace, directory: Path) -> None:
                 print(f"{precision} {engine} vs {base_engine} over {len(ratios)} paired turns: median {median:.2f}x, "
                       f"quartiles {q1:.2f}x-{q3:.2f}x, range {min(ratios):.2f}x-{max(ratios):.2f}x")
     if args.adapter:  # issue 20's targets
-        for precision in args.precisions:
-            lora, full = summaries.get(("t5kit-lora", precision)), summaries.get(("t5kit", precision))
-            ratios = paired_ratios("t5kit-lora", precision)
+        for precision, engine in [(p, e) for p in args.precisions for e in engines if e.startswith("t5kit-lora")]:
+            lora, full = summaries.get((engine, precision)), summaries.get(("t5kit", precision))
+            ratios = paired_ratios(engine, precision)
             if lora and full and ratios:
                 memory = lora["peak_rss_mb"] / full["peak_rss_mb"]
                 speed = statistics.median(ratios)
-                print(f"targets ({precision}): t5kit LoRA peak RSS / t5kit full fine-tuning {memory:.2f}x "
+                print(f"targets ({precision}, {engine}): peak RSS / t5kit full fine-tuning {memory:.2f}x "
                       f"(target <= 0.6x: {'met' if memory <= 0.6 else 'NOT met'}); t5kit LoRA tokens/s / "
                       f"transformers + peft {speed:.2f}x (target >= 1.3x: {'met' if speed >= 1.3 else 'NOT met'})")
 

@@ -173,6 +173,33 @@ def test_an_adapter_checkpoint_holds_only_the_adapter_and_resumes_exactly(tmp_pa
         train(other, out=str(tmp_path / "interrupted"), resume=True)
 
 
+@pytest.mark.usefixtures("restore_threads")
+def test_a_base_stored_in_int8_trains_the_adapter_and_resumes_exactly(tmp_path: Path, base_checkpoint: Path):
+    """``adapter.base_storage: int8`` (t5kit.adapters.frozen): the frozen linear layers hold one byte a weight,
+    the adapter trains, and the run resumes bit-identically."""
+    with pytest.raises(ConfigError, match="adapter.base_storage must be one of fp32, bf16, int8"):
+        TrainConfig.from_dict({**_config(tmp_path, base_checkpoint), "adapter": {**ADAPTER, "base_storage": "fp8"}})
+    cfg_dict = _config(tmp_path, base_checkpoint, train={"steps": 8}, checkpoint={"every": 4, "keep_last": 2},
+                       eval={"every": 4, "generate": False})
+    cfg_dict["adapter"]["base_storage"] = "int8"
+    cfg = TrainConfig.from_dict(cfg_dict)
+    model = build_model(cfg, build_tokenizer(cfg))
+    from t5kit.adapters.frozen import FrozenLinear
+
+    stored = [m for m in model.modules() if isinstance(m, FrozenLinear)]
+    assert stored and all(m.storage == "int8" for m in stored)
+    assert not any(type(m) is torch.nn.Linear for m in model.encoder.modules())
+    interrupted = train(cfg, out=str(tmp_path / "interrupted"), max_steps_this_run=4)
+    resumed = train(cfg, out=str(tmp_path / "interrupted"), resume=True)
+    reference = train(cfg, out=str(tmp_path / "reference"))
+    assert interrupted.step == 4 and resumed.step == reference.step == 8
+    diff = max_abs_diff(load_file(str(resumed.checkpoint / WEIGHTS_NAME)),
+                        load_file(str(reference.checkpoint / WEIGHTS_NAME)))
+    assert diff <= 1e-6  # as the float32 base's resume test: the same operations in the same order
+    final = load_file(str(reference.checkpoint / WEIGHTS_NAME))
+    assert max(float(t.abs().max()) for n, t in final.items() if "lora_B" in n) > 1e-3  # the adapter did train
+
+
 # ---------------------------------------------------------------------------------------------- learning
 
 

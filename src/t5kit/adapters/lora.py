@@ -117,6 +117,9 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         """The base with ``scale * B @ A`` added to its weight (in place); the adapter is then spent."""
         base = self.base
+        if not isinstance(base, nn.Linear):  # a compactly stored frozen base (t5kit.adapters.frozen)
+            raise ConfigError(f"cannot merge into a base stored as {type(base).__name__}: merge the saved adapter into "
+                              f"the float32 base checkpoint (t5kit adapter merge BASE ADAPTER OUT)")
         # The copies' buffer names are those of t5kit.kernels.inference.linear.store_int8 / store_fp16 (a sibling
         # layer, not imported): a merge would change the weight but not the copies the layer computes with.
         if "weight_int8" in base._buffers or "weight_fp16" in base._buffers:

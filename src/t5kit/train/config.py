@@ -14,7 +14,8 @@ of the built model in LoRA adapters (:func:`t5kit.adapters.add_lora`) and trains
 ``adapter: null`` (the default) fine-tunes every weight. The values are checked by
 :class:`t5kit.adapters.LoRAConfig` (one set of rules for the trainer, the library and peft files), and its
 defaults are the section's. An adapter needs ``model.checkpoint``: its checkpoints hold only the adapter, and
-a preset's random base weights would be saved nowhere.
+a preset's random base weights would be saved nowhere. ``adapter.base_storage: bf16`` or ``int8`` holds the
+frozen base's linear layers in 2 or 1 bytes a weight (float32 arithmetic; :mod:`t5kit.adapters.frozen`).
 
 Evaluation: by default the run evaluates its validation tasks (``data.validation``, else the training
 tasks) on ``data.validation_split`` every ``eval.every`` steps and at the end. To train without evaluation
@@ -36,6 +37,7 @@ from typing import Any
 import yaml
 
 from t5kit.adapters import LoRAConfig
+from t5kit.adapters.frozen import BASE_STORAGES
 from t5kit.errors import ConfigError, closest_names
 
 OPTIMIZERS = ("adamw", "adafactor", "adamw_rms", "sgd")
@@ -65,9 +67,13 @@ class AdapterConfig:
     alpha: float = LoRAConfig.alpha
     dropout: float = LoRAConfig.dropout
     targets: list[str] = field(default_factory=lambda: list(LoRAConfig.targets))
+    base_storage: str = "fp32"  # the frozen base's linear layers stored in fp32 / bf16 / int8 (adapters.frozen)
 
     def lora_config(self, where: str = "adapter") -> LoRAConfig:
         """The :class:`LoRAConfig` this section describes; its ConfigError prefixed with ``where``."""
+        if self.base_storage not in BASE_STORAGES:
+            raise ConfigError(f"{where}.base_storage must be one of {', '.join(BASE_STORAGES)}, got "
+                              f"{self.base_storage!r} (bf16 / int8 hold the frozen base in fewer bytes)")
         try:
             return LoRAConfig(kind=self.kind, r=self.r, alpha=self.alpha, dropout=self.dropout,
                               targets=tuple(self.targets))

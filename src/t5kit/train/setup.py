@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from t5kit.adapters import add_lora
+from t5kit.adapters.frozen import store_frozen_base
 from t5kit.data import Collator, Mixture, Shard, get_mixture, get_task, list_mixtures, load_tasks
 from t5kit.data.tasks import span_corruption_task
 from t5kit.errors import ConfigError, DataError, closest_names
@@ -129,6 +130,8 @@ def build_model(cfg: TrainConfig, tokenizer: Any = None, device: torch.device | 
         # Before the kernels: they keep a LoRA-wrapped projection on the module path (t5kit.adapters.lora).
         add_lora(model, cfg.adapter.lora_config())
     model.to(device=device, dtype=WEIGHT_DTYPES[cfg.train.precision])
+    if cfg.adapter is not None:  # after the cast above, which would widen a compact base again
+        store_frozen_base(model, cfg.adapter.base_storage)
     if cfg.train.activation_checkpointing:
         model.set_activation_checkpointing(True)
     return install_kernels(model).train()
