@@ -88,7 +88,8 @@ def test_adapter_gradients_equal_those_over_a_float32_base_holding_the_same_weig
     compact.train()
     plain.train()
     g = torch.Generator().manual_seed(1)
-    batch = {"input_ids": torch.randint(2, 96, (4, 9), generator=g), "labels": torch.randint(2, 96, (4, 6), generator=g)}
+    batch = {"input_ids": torch.randint(2, 96, (4, 9), generator=g),
+             "labels": torch.randint(2, 96, (4, 6), generator=g)}
 
     def loss_and_grads(model):
         model.zero_grad(set_to_none=True)
