@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +27,29 @@ def plain_weights(*layers: nn.Module) -> list[nn.Parameter] | None:
         return None
     weights = [layer.weight for layer in layers]
     return weights if all(type(w) is nn.Parameter for w in weights) else None
+
+
+def weight_sources(*layers: nn.Module) -> list[Tensor | Callable[[torch.dtype], Tensor]] | None:
+    """Each layer's weight for a training Function, else None: a plain layer's Parameter (as
+    :func:`plain_weights`), or, for a frozen layer that stores its weight compactly and widens it per call (a
+    ``widened(dtype)`` method and nothing to train: ``t5kit.adapters.frozen.FrozenLinear``), that method, which
+    the Function calls in forward and again in backward instead of keeping a wide copy between the two."""
+    sources: list[Tensor | Callable[[torch.dtype], Tensor]] = []
+    for layer in layers:
+        plain = plain_weights(layer)
+        if plain is not None:
+            sources.append(plain[0])
+        elif callable(getattr(layer, "widened", None)) and not any(p.requires_grad for p in layer.parameters()) \
+                and getattr(layer, "bias", None) is None:
+            sources.append(layer.widened)
+        else:
+            return None
+    return sources
+
+
+def widen(weight: Tensor | Callable[[torch.dtype], Tensor], dtype: torch.dtype) -> Tensor:
+    """A weight source of :func:`weight_sources` as ``dtype``."""
+    return weight.to(dtype) if isinstance(weight, Tensor) else weight(dtype)
 
 
 def linear_dtype(device: str, default: torch.dtype) -> torch.dtype:

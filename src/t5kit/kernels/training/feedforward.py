@@ -6,11 +6,13 @@ input is cast once for its two input projections under autocast. Every other cal
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from t5kit.kernels.training.common import autocast_input, linear_dtype, plain_weights, training_pass
+from t5kit.kernels.training.common import autocast_input, linear_dtype, training_pass, weight_sources, widen
 from t5kit.kernels.training.dropout import dropout_keep_mask
 from t5kit.model.layers import FeedForward, check_dropout_rate
 
@@ -24,25 +26,33 @@ class _ReluDropoutFeedForward(torch.autograd.Function):
       threshold on it, done in place on the gradient this backward has just made: no mask is stored, no
       random numbers are drawn again, and no third d_ff-wide tensor is allocated.
     - Under autocast the inputs are cast as autocast would cast them for two linear layers.
+    - A weight may be a frozen layer's ``widened`` method (``common.weight_sources``): widened here and again in
+      backward, never kept wide; the input is kept only where ``wi`` trains (its gradient reads it).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, wi: Tensor, wo: Tensor, p: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, wi: Tensor | Callable, wo: Tensor | Callable, p: float) -> Tensor:  # type: ignore[override]
         device = x.device.type
-        dtype = linear_dtype(device, wo.dtype)
-        rows, wi_, wo_ = x.reshape(-1, x.shape[-1]).to(dtype), wi.to(dtype), wo.to(dtype)
+        dtype = linear_dtype(device, wo.dtype if isinstance(wo, Tensor) else x.dtype)
+        rows, wi_, wo_ = x.reshape(-1, x.shape[-1]).to(dtype), widen(wi, dtype), widen(wo, dtype)
         scale = 1.0 / (1.0 - p)
         with torch.autocast(device, enabled=False):
             h = torch.mm(rows, wi_.t())
             h.relu_().mul_(dropout_keep_mask(h.shape, p, h.dtype, h.device))
             out = torch.addmm(h.new_zeros(()), h, wo_.t(), beta=0, alpha=scale)
-        ctx.save_for_backward(rows, h, wi_, wo_)
-        ctx.scale, ctx.dtypes = scale, (x.dtype, wi.dtype, wo.dtype)
-        return out.view(*x.shape[:-1], wo.shape[0])
+        ctx.sources = [None if isinstance(w, Tensor) else w for w in (wi, wo)]  # re-widened in backward
+        ctx.save_for_backward(rows if ctx.needs_input_grad[1] else None, h,
+                              wi_ if ctx.sources[0] is None else None, wo_ if ctx.sources[1] is None else None)
+        ctx.scale = scale
+        ctx.dtypes = (x.dtype, wi.dtype if isinstance(wi, Tensor) else dtype,
+                      wo.dtype if isinstance(wo, Tensor) else dtype)
+        return out.view(*x.shape[:-1], wo_.shape[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:  # type: ignore[override]
         rows, h, wi, wo = ctx.saved_tensors
+        wi = wi if ctx.sources[0] is None else widen(ctx.sources[0], h.dtype)
+        wo = wo if ctx.sources[1] is None else widen(ctx.sources[1], h.dtype)
         x_dtype, wi_dtype, wo_dtype = ctx.dtypes
         grad_out = grad.reshape(-1, grad.shape[-1]).to(h.dtype)
         zero = h.new_zeros(())
@@ -68,12 +78,12 @@ class TrainingFeedForward(FeedForward):
         if self.gated or self.act is not F.relu or not training_pass(self) or self.dropout.p == 0.0:
             return False
         check_dropout_rate(self.dropout.p)
-        weights = plain_weights(self.wi, self.wo)
-        return weights is not None and weights[0].dtype == weights[1].dtype
+        weights = weight_sources(self.wi, self.wo)
+        return weights is not None and len({w.dtype for w in weights if isinstance(w, Tensor)}) <= 1
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused():
-            return _ReluDropoutFeedForward.apply(x, self.wi.weight, self.wo.weight, self.dropout.p)
+            return _ReluDropoutFeedForward.apply(x, *weight_sources(self.wi, self.wo), self.dropout.p)
         if self.gated:
             x = autocast_input(x)  # a no-op unless autocast is on
         return super().forward(x)
