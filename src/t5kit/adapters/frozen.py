@@ -123,6 +123,14 @@ def store_frozen_base(model: nn.Module, storage: str) -> nn.Module:
             parent.base = FrozenLinear(linear, storage)
         else:
             _replace(model, name, FrozenLinear(linear, storage))
+    del chosen, linear
+    # A checkpoint's tensors are views of the mapped safetensors file (``T5Model.from_pretrained`` assigns them),
+    # and the mapping lives while any of them does: the float32 pages read for the conversion above would stay
+    # resident through the run (measured: 570 instead of 330 MiB for t5-small in bf16). Each remaining tensor
+    # gets memory of its own (the Parameter objects stay the same), so the mapping is released.
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
     return model
 
 
