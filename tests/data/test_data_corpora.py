@@ -168,3 +168,46 @@ def test_cli_import_stats_preview(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "<extra_id_0>" in out and "[512 ids]" in out
+
+
+def test_text_split_by_package_keeps_each_package_s_man_pages_on_one_side(tmp_path):
+    """``import_text(split_by="package")``: a manual page goes to the split of the package that installed it
+    (dpkg's file lists), a page no package owns to its document split; the manifest says which rule ran."""
+    from t5kit.data.corpora import split_by_package
+    from t5kit.data.corpora.text import TEXT_FRACTIONS
+
+    wanted = {"train": 2, "validation": 1, "test": 1}  # packages whose hash lands in each split
+    packages: list[str] = []
+    for i in range(10_000):
+        name = f"pkg{i}"
+        split = split_by_package(name, TEXT_FRACTIONS)
+        if wanted[split]:
+            wanted[split] -= 1
+            packages.append(name)
+        if not any(wanted.values()):
+            break
+    man, dpkg = tmp_path / "man", tmp_path / "dpkg"
+    (man / "man1").mkdir(parents=True)
+    dpkg.mkdir()
+    body = "\n".join(f"This is sentence {j} of a manual page about a tool and its options." for j in range(8))
+    for name in packages:
+        pages = []
+        for k in range(4):
+            page = man / "man1" / f"{name}-tool{k}.1"
+            page.write_text(f'.TH {name.upper()} 1\n.SH NAME\n{name}-tool{k} \\- a tool\n.SH DESCRIPTION\n{body}\n')
+            pages.append(str(page))
+        (dpkg / f"{name}.list").write_text("\n".join(pages) + "\n")
+    (man / "man1" / "orphan.1").write_text(f".TH ORPHAN 1\n.SH DESCRIPTION\n{body}\n")
+    manifest = import_text(tmp_path / "out", sources=["man"], dirs={"man": str(man)}, split_by="package",
+                           dpkg_info=str(dpkg))
+    where = {r["source"]: s for s in ("train", "validation", "test")
+             for r in read_jsonl(tmp_path / "out" / f"{s}.jsonl")}
+    assert len(where) == 4 * len(packages) + 1
+    for name in packages:
+        sides = {where[f"man:{name}-tool{k}.1"] for k in range(4)}
+        assert sides == {split_by_package(name, TEXT_FRACTIONS)}, (name, sides)
+    assert set(where.values()) == {"train", "validation", "test"}
+    assert where["man:orphan.1"] == split_of("man:orphan.1", TEXT_FRACTIONS)
+    assert manifest["split"].startswith("by package") and set(manifest["source_packages"]) == set(packages)
+    with pytest.raises(DataError, match="split_by must be one of document, package"):
+        import_text(tmp_path / "bad", sources=["man"], dirs={"man": str(man)}, split_by="lemma")

@@ -62,6 +62,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--source", action="append", choices=("man", "gcide", "handbook"),
                    help="repeatable; default all three")
     t.add_argument("--limit", type=int, default=None, help="at most this many documents per source")
+    t.add_argument("--split-by", choices=("document", "package"), default="document",
+                   help="hold out by document (default) or by package: a manual page in the split of the package "
+                        "that installed it, so no package's pages are on two sides")
     t.set_defaults(func=_import_text)
     imp.set_defaults(func=lambda a: _usage(imp))
 
@@ -127,7 +130,8 @@ def _import_wordnet(args: argparse.Namespace) -> int:
 def _import_text(args: argparse.Namespace) -> int:
     from t5kit.data.corpora.text import TEXT_SOURCES, import_text
 
-    _print_manifest(import_text(args.out, sources=args.source or TEXT_SOURCES, limit=args.limit))
+    _print_manifest(import_text(args.out, sources=args.source or TEXT_SOURCES, limit=args.limit,
+                                split_by=args.split_by))
     return 0
 
 

@@ -11,6 +11,12 @@ Sources (each optional, named by the apt package that provides it):
 Output: ``OUT/{train,validation,test}.jsonl`` records ``{"text", "source"}`` (split 98/1/1 by a hash of
 the document id), ``tasks.yaml`` declaring a span-corruption task and ``manifest.json`` with documents,
 characters and bytes per source and split.
+
+``split_by="package"`` holds out by package instead: a manual page goes to the split of the Debian package
+that installed it (:func:`split_by_package`, same 98/1/1), so the pages of one package, which share their
+boilerplate (options, "see also", the same authors' phrasing), are never on two sides; a page no package owns
+keeps its document split. The dictionary and the handbook are each one package: held out by package, either
+would lie whole in one split, so they keep the document split (entries, chapters) and the manifest says so.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import gzip
 import html.parser
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +36,7 @@ from t5kit.data.corpora.common import (
     owning_packages,
     package_licence,
     require_package,
+    split_by_package,
     split_of,
     write_manifest,
 )
@@ -40,6 +48,8 @@ GCIDE_DIR = "/usr/share/dictd"
 HANDBOOK_DIR = "/usr/share/doc/debian-handbook/html/en-US"
 TEXT_SOURCES = ("man", "gcide", "handbook")
 TEXT_FRACTIONS = (0.98, 0.01, 0.01)
+SPLIT_BY = ("document", "package")
+DPKG_INFO = "/var/lib/dpkg/info"
 
 _ROFF_ESCAPES = [
     (re.compile(r"\\f(?:\[[^\]]*\]|\(..|.)"), ""),
@@ -217,11 +227,16 @@ def import_text(
     sources: Sequence[str] = TEXT_SOURCES,
     limit: int | None = None,
     dirs: dict[str, str] | None = None,
+    split_by: str = "document",
+    dpkg_info: str = DPKG_INFO,
 ) -> dict[str, Any]:
-    """Write the pre-training text corpus; ``limit`` caps documents per source (quick trials, tests)."""
+    """Write the pre-training text corpus; ``limit`` caps documents per source (quick trials, tests);
+    ``split_by`` "document" or "package" (module doc; ``dpkg_info`` is where dpkg's file lists are)."""
     for s in sources:
         if s not in _READERS:
             raise DataError(f"unknown text source {s!r}; use {', '.join(TEXT_SOURCES)}." + closest_names(s, _READERS))
+    if split_by not in SPLIT_BY:
+        raise DataError(f"split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stats: dict[str, Any] = {}
@@ -231,9 +246,15 @@ def import_text(
         files = {s: stack.enter_context(atomic_open(out / f"{s}.jsonl")) for s in SPLITS}
         for name in sources:
             fn, default = _READERS[name]
+            directory = (dirs or {}).get(name, default)
+            page_owners: dict[str, str] = {}
+            if split_by == "package" and name == "man":  # every page's package, from one read of dpkg's lists
+                pages = [p for p in Path(directory).glob("man[1-9]*/*") if p.is_file()]
+                page_owners = owning_packages(pages, dpkg_info)
             st = {s: {"documents": 0, "characters": 0, "bytes": 0} for s in SPLITS}
-            for doc_id, text, path in fn((dirs or {}).get(name, default), limit=limit):
-                split = split_of(doc_id, TEXT_FRACTIONS)
+            for doc_id, text, path in fn(directory, limit=limit):
+                owner = page_owners.get(str(path)) or page_owners.get(os.path.realpath(path))
+                split = split_by_package(owner, TEXT_FRACTIONS) if owner else split_of(doc_id, TEXT_FRACTIONS)
                 line = json.dumps({"text": text, "source": doc_id}, ensure_ascii=False)
                 files[split].write(line + "\n")
                 st[split]["documents"] += 1
@@ -241,7 +262,7 @@ def import_text(
                 st[split]["bytes"] += len(text.encode("utf-8"))
                 used_files.add(str(path))
             stats[name] = st
-    owners = owning_packages(used_files)
+    owners = owning_packages(used_files, dpkg_info)
     pkgs = sorted(set(owners.values()))
     write_text(
         out / "tasks.yaml",
@@ -251,7 +272,10 @@ def import_text(
     totals = {k: sum(st[s][k] for st in stats.values() for s in SPLITS) for k in ("documents", "characters", "bytes")}
     manifest = {
         "kind": "text", "sources": stats, "totals": totals, "limit_per_source": limit,
-        "split": "sha256 of the document id: 98% train, 1% validation, 1% test",
+        "split": "sha256 of the document id: 98% train, 1% validation, 1% test" if split_by == "document" else
+                 "by package: a manual page in the split of the package that installed it (sha256 of the package "
+                 "name, split_by_package, 98/1/1; a page no package owns by its document id); dict-gcide and "
+                 "debian-handbook are one package each and keep the document split (entries, chapters)",
         "source_packages": {p: package_licence(p) for p in pkgs},
         "files_without_package": len([f for f in used_files if f not in owners]),
     }
