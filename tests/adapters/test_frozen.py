@@ -122,6 +122,23 @@ def test_a_compact_base_refuses_training_layers_merges_and_unknown_storages():
     add_lora(model, LoRAConfig(r=2))
     assert store_frozen_base(model, "fp32") is model and not any(isinstance(m, FrozenLinear) for m in model.modules())
     store_frozen_base(model, "bf16")
+    adapted = len(lora_layers(model))
     with pytest.raises(ConfigError, match="t5kit adapter merge BASE ADAPTER OUT"):
         merge_lora(model)
-    assert all(isinstance(m, LoRALinear) for m in lora_layers(model).values())
+    # the refused merge changed nothing: the adapters and their compact bases are all still there
+    assert len(lora_layers(model)) == adapted > 0
+    assert all(isinstance(m.base, FrozenLinear) for m in lora_layers(model).values())
+
+
+def test_a_compact_base_keeps_the_dtype_it_computes_in():
+    """``weight_dtype`` (what the feed-forward casts its input to) reads the layer's compute dtype, without
+    widening the weight, and a float64 run stays float64."""
+    from t5kit.model.layers import weight_dtype
+
+    linear = _linear().double()
+    frozen = FrozenLinear(linear, "bf16")
+    assert frozen.compute_dtype == torch.float64 and weight_dtype(frozen, torch.float32) == torch.float64
+    assert frozen(torch.randn(2, 40, dtype=torch.float64)).dtype == torch.float64
+    wrapped = LoRALinear(_linear(), LoRAConfig(r=2))
+    wrapped.base = FrozenLinear(wrapped.base, "int8")
+    assert weight_dtype(wrapped, torch.float16) == torch.float32

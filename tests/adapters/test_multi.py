@@ -138,8 +138,57 @@ def test_a_bad_adapter_names_itself_and_leaves_the_model_as_it_was(saved, tmp_pa
     assert all(type(m) is not MultiLoRALinear for m in model.modules())
 
 
-def test_adapter_specs_from_the_command_line():
+@pytest.mark.parametrize("precision", ["bf16", "fp16w"])
+def test_a_precision_copy_routes_its_own_rows(saved, precision):
+    """A precision conversion deep-copies the model (``inference_model``); ``bound_to`` routes the copy's rows,
+    and its rows of a, b and the base equal each adapter attached alone and converted the same way."""
+    from t5kit.kernels.inference.precision import inference_model
+
+    base, dirs = saved
+    model = _tiny()
+    model.load_state_dict(base)
+    adapters = attach_adapters(model, dirs)
+    copy = inference_model(model, precision)
+    assert copy is not model
+    bound = adapters.bound_to(copy)
+    assert all(m.pair(1)[0].dtype == torch.float32 for m in multi_lora_layers(copy).values() if m.pair(1))
+    names = [None, "a", "b", "a"]
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(2, 96, (len(names), 6), generator=generator)
+    labels = torch.randint(2, 96, (len(names), 4), generator=generator)
+    bound.route([bound.index_of(n) for n in names])
+    mixed = _logits(copy, ids, labels)
+    for name in ("a", "b", None):
+        alone = _tiny()
+        alone.load_state_dict(base)
+        one = attach_adapters(alone, {name: dirs[name]} if name else {})
+        alone = inference_model(alone, precision)
+        one = one.bound_to(alone) if name else one
+        one.route([1 if name else BASE] * len(names))
+        want = _logits(alone, ids, labels)
+        for row in (r for r, n in enumerate(names) if n == name):  # the same kernels on the same rows
+            assert torch.allclose(mixed[row].float(), want[row].float(), rtol=0,
+                                  atol=1e-6 * float(want[row].float().abs().max())), (precision, name, row)
+
+
+def test_adapters_move_with_the_model_and_stay_float32_under_a_cast(saved):
+    base, dirs = saved
+    model = _tiny()
+    model.load_state_dict(base)
+    attach_adapters(model, dirs)
+    model.to(torch.bfloat16)
+    for layer in multi_lora_layers(model).values():
+        assert layer.base.weight.dtype == torch.bfloat16
+        assert all(layer.pair(i)[0].dtype == torch.float32 for i in layer.indices)
+    assert not any("lora_" in name for name in model.state_dict())  # the checkpoint layout stays the base's
+
+
+def test_adapter_specs_from_the_command_line(tmp_path):
     assert parse_adapter_specs(["fr=runs/fr", "runs/de/"]) == {"fr": "runs/fr", "de": "runs/de/"}
+    odd = tmp_path / "lr=1e-4"
+    odd.mkdir()
+    assert parse_adapter_specs([str(odd)]) == {"lr=1e-4": str(odd)}  # an existing directory is a bare DIR
+    assert parse_adapter_specs(["runs/lr=1e-4/best"]) == {"best": "runs/lr=1e-4/best"}
     with pytest.raises(ConfigError, match="two adapters are named 'x'"):
         parse_adapter_specs(["x=a", "x=b"])
     with pytest.raises(ConfigError, match="NAME=DIR"):

@@ -26,13 +26,18 @@ from torch import Tensor, nn
 
 from t5kit.adapters.lora import LoRALinear, _replace
 from t5kit.errors import ConfigError
+from t5kit.model.layers import int8_row_scales, linear_dtype
 
 BASE_STORAGES: tuple[str, ...] = ("fp32", "bf16", "int8")  # fp32: as loaded (nothing converted)
+COMPACT = BASE_STORAGES[1:]
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+def check_base_storage(storage: str, where: str = "adapter.base_storage") -> str:
+    """``storage`` if it is one of :data:`BASE_STORAGES`, else a ConfigError naming them (the one check)."""
+    if storage not in BASE_STORAGES:
+        raise ConfigError(f"{where} must be one of {', '.join(BASE_STORAGES)}, got {storage!r} (bf16 / int8 hold "
+                          f"the frozen base in fewer bytes)")
+    return storage
 
 
 class _WidenedLinear(torch.autograd.Function):
@@ -41,7 +46,7 @@ class _WidenedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, layer: FrozenLinear) -> Tensor:  # type: ignore[override]
-        dtype = _compute_dtype(x)
+        dtype = linear_dtype(x.device.type, x.dtype)
         ctx.layer, ctx.dtypes = layer, (x.dtype, dtype)
         with torch.autocast(x.device.type, enabled=False):
             bias = None if layer.bias is None else layer.bias.to(dtype)
@@ -60,15 +65,18 @@ class FrozenLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, storage: str):
         super().__init__()
-        if storage not in ("bf16", "int8"):
-            raise ConfigError(f"a frozen base is stored in bf16 or int8, got {storage!r}")
+        if check_base_storage(storage, "a frozen base's storage") not in COMPACT:
+            raise ConfigError(f"a FrozenLinear stores its weight in {' or '.join(COMPACT)}, got {storage!r}")
         self.in_features, self.out_features, self.storage = linear.in_features, linear.out_features, storage
         weight = linear.weight.detach()
+        # The dtype the layer took before (float32, float64 under train.precision fp64): what it computes in and
+        # what model code reads (t5kit.model.layers.weight_dtype) without widening the weight to learn it.
+        self.compute_dtype = weight.dtype
         with torch.no_grad():
             if storage == "bf16":
                 self.register_buffer("weight_bf16", weight.to(torch.bfloat16))
             else:
-                scale = weight.float().abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+                scale = int8_row_scales(weight)
                 codes = torch.round(weight.float() / scale[:, None]).clamp_(-127, 127).to(torch.int8)
                 self.register_buffer("weight_int8", codes)
                 self.register_buffer("weight_scale", scale)
@@ -82,8 +90,8 @@ class FrozenLinear(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The weight widened to float32 (for code that reads a projection's shape or values; not stored)."""
-        return self.widened(torch.float32)
+        """The weight widened to its compute dtype (for code that reads a projection's values; not stored)."""
+        return self.widened(self.compute_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return _WidenedLinear.apply(x, self)
@@ -101,9 +109,7 @@ def store_frozen_base(model: nn.Module, storage: str) -> nn.Module:
 
     Refused for a layer that trains: only a frozen base may be stored so (the adapters' own matrices are not
     linear layers and stay float32)."""
-    if storage not in BASE_STORAGES:
-        raise ConfigError(f"adapter.base_storage must be one of {', '.join(BASE_STORAGES)}, got {storage!r}")
-    if storage == "fp32":
+    if check_base_storage(storage) == "fp32":
         return model
     chosen = []
     for stack in STACKS:
@@ -134,4 +140,4 @@ def store_frozen_base(model: nn.Module, storage: str) -> nn.Module:
     return model
 
 
-__all__ = ["BASE_STORAGES", "FrozenLinear", "store_frozen_base"]
+__all__ = ["BASE_STORAGES", "FrozenLinear", "check_base_storage", "store_frozen_base"]

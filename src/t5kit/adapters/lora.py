@@ -98,6 +98,13 @@ class LoRALinear(nn.Module):
         return self.base.weight
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the base computes in (``t5kit.model.layers.weight_dtype`` reads it without widening a
+        compactly stored base: ``t5kit.adapters.frozen``)."""
+        compute = getattr(self.base, "compute_dtype", None)
+        return compute if isinstance(compute, torch.dtype) else self.base.weight.dtype
+
+    @property
     def in_features(self) -> int:
         return self.base.in_features
 

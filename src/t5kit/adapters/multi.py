@@ -3,7 +3,9 @@
 A server that holds adapters ``a`` and ``b`` over one base answers a request for ``a`` and one for ``b`` in the
 same decoding step: every adapted projection computes the base matmul once for all rows, then adds each row
 group's own low-rank term ``(alpha / r) B A x`` (rows of the base alone add nothing). What runs for a row is
-the unmerged adapter's arithmetic, so its output is the one the adapter gives alone.
+the unmerged adapter's arithmetic, so its output is the one the adapter gives alone (in float32, bf16 and fp16w;
+under the int8 precision a row's output depends on its batch mates with or without adapters, because the int8
+kernels quantize each call's activations with one scale).
 
 The row groups are set from outside before each model call (:meth:`AdapterSet.route`, one adapter index per
 input row: the encoder pass sees one row per source, a decoding step one row per cache row) and are shared by
@@ -48,14 +50,14 @@ class Routing:
         key = tuple(indices)
         if key == self._key:  # a decoding step of the same rows as the last: nothing to recompute
             return
-        self._key, self.rows = key, len(key)
         distinct = set(key)
         if len(distinct) <= 1:
-            self.single, self.groups = (distinct.pop() if distinct else BASE), []
-            return
-        self.single = None
-        where = torch.tensor(key, device=device)
-        self.groups = [(g, (where == g).nonzero().flatten()) for g in sorted(distinct) if g != BASE]
+            single, groups = (distinct.pop() if distinct else BASE), []
+        else:
+            where = torch.tensor(key, device=device)
+            single, groups = None, [(g, (where == g).nonzero().flatten()) for g in sorted(distinct) if g != BASE]
+        # The key last: a failure above leaves the previous routing whole, and the next call recomputes.
+        self.single, self.groups, self.rows, self._key = single, groups, len(key), key
 
 
 class MultiLoRALinear(nn.Module):
@@ -65,9 +67,29 @@ class MultiLoRALinear(nn.Module):
         super().__init__()
         self.base = base.requires_grad_(False)
         self.routing = routing
-        # Adapter index -> (A [r, in], scale * B [out, r]); plain attributes, not parameters: nothing trains
-        # them and the checkpoint layout stays the base's.
-        self.adapters: dict[int, tuple[Tensor, Tensor]] = {}
+        self.indices: set[int] = set()  # the adapters that target this layer
+
+    def add(self, index: int, a: Tensor, scaled_b: Tensor) -> None:
+        """Adapter ``index``'s ``A`` [r, in] and ``scale * B`` [out, r], held as non-persistent buffers (they move
+        with the model; nothing trains them; the checkpoint layout stays the base's)."""
+        self.register_buffer(f"lora_A_{index}", a, persistent=False)
+        self.register_buffer(f"lora_B_{index}", scaled_b, persistent=False)
+        self.indices.add(index)
+
+    def pair(self, index: int) -> tuple[Tensor, Tensor] | None:
+        """(A, scale * B) of adapter ``index``; None where it does not target this layer."""
+        if index not in self.indices:
+            return None
+        return self._buffers[f"lora_A_{index}"], self._buffers[f"lora_B_{index}"]
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        # .to(device) moves the adapters with the base; a cast of the model to bf16 / fp16 leaves them float32,
+        # as peft keeps adapters over a half-precision base (the low-rank term in float32, added in the base's).
+        super()._apply(fn, recurse)
+        for name, buffer in list(self._buffers.items()):
+            if name.startswith("lora_") and buffer is not None and buffer.dtype in (torch.float16, torch.bfloat16):
+                self._buffers[name] = buffer.float()
+        return self
 
     @property
     def weight(self) -> Tensor:
@@ -84,7 +106,7 @@ class MultiLoRALinear(nn.Module):
     def _delta(self, x: Tensor, index: int) -> Tensor | None:
         """``scale * B A x`` of one adapter as [rows * positions, out], computed in the adapter's dtype (float32
         over a half-precision base, as peft does); None where that adapter does not target this layer."""
-        pair = self.adapters.get(index)
+        pair = self.pair(index)
         if pair is None:
             return None
         a, b = pair
@@ -94,7 +116,7 @@ class MultiLoRALinear(nn.Module):
         out = self.base(x)
         routing = self.routing
         if routing.single is not None:
-            pair = None if routing.single == BASE else self.adapters.get(routing.single)
+            pair = None if routing.single == BASE else self.pair(routing.single)
             if pair is None:
                 return out
             a, b = pair
@@ -114,7 +136,7 @@ class MultiLoRALinear(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"adapters={sorted(self.adapters)}"
+        return f"adapters={sorted(self.indices)}"
 
 
 class AdapterSet:
@@ -177,7 +199,7 @@ def attach_adapters(model: nn.Module, adapters: Mapping[str, str | os.PathLike])
             multi = wrapped.get(module_name)
             if multi is None:
                 multi = wrapped[module_name] = MultiLoRALinear(layer.base, routing)
-            multi.adapters[index] = pair
+            multi.add(index, *pair)
         remove_lora(model)
     for module_name, multi in wrapped.items():
         _replace(model, module_name, multi)
@@ -190,10 +212,14 @@ def multi_lora_layers(model: nn.Module) -> dict[str, MultiLoRALinear]:
 
 
 def parse_adapter_specs(specs: Sequence[str]) -> dict[str, str]:
-    """``NAME=DIR`` (or ``DIR``, named by its last path part) command-line values -> name -> directory."""
+    """``NAME=DIR`` (or ``DIR``, named by its last path part) command-line values -> name -> directory. A value
+    that is an existing directory, or whose part before the first ``=`` holds a path separator
+    (``runs/lr=1e-4/best``), is a bare DIR."""
     out: dict[str, str] = {}
     for spec in specs:
         name, sep, directory = spec.partition("=")
+        if sep and (Path(spec).is_dir() or "/" in name or os.sep in name):
+            sep = ""
         if not sep:
             directory = spec
             name = Path(spec.rstrip("/\\")).name

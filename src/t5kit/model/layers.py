@@ -117,8 +117,24 @@ def clamp_fp16(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.to(dtype)
 
 
+def linear_dtype(device: str, default: torch.dtype) -> torch.dtype:
+    """The dtype autocast would run a linear layer in on ``device``; ``default`` when autocast is off."""
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else default
+
+
+def int8_row_scales(weight: Tensor) -> Tensor:
+    """Symmetric per-output-row int8 scales of ``weight`` [out, in]: ``max |w_row| / 127``, 1 for a zero row
+    (float32). The one rule of t5kit's int8 inference copies and of a frozen base stored in int8."""
+    scale = weight.detach().float().abs().amax(1) / 127
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
 def weight_dtype(linear: nn.Module, default: torch.dtype) -> torch.dtype:
-    """The dtype a linear layer takes; int8 dynamically quantized layers (no weight tensor) take float32."""
+    """The dtype a linear layer takes; int8 dynamically quantized layers (no weight tensor) take float32, and
+    a layer that stores its weight compactly and widens it per call names that dtype (``compute_dtype``)."""
+    compute = getattr(linear, "compute_dtype", None)
+    if isinstance(compute, torch.dtype):
+        return compute
     weight = getattr(linear, "weight", None)
     if isinstance(weight, Tensor):
         return weight.dtype

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from t5kit.adapters import LoRAConfig
-from t5kit.adapters.frozen import BASE_STORAGES
+from t5kit.adapters.frozen import check_base_storage
 from t5kit.errors import ConfigError, closest_names
 
 OPTIMIZERS = ("adamw", "adafactor", "adamw_rms", "sgd")
@@ -71,9 +71,7 @@ class AdapterConfig:
 
     def lora_config(self, where: str = "adapter") -> LoRAConfig:
         """The :class:`LoRAConfig` this section describes; its ConfigError prefixed with ``where``."""
-        if self.base_storage not in BASE_STORAGES:
-            raise ConfigError(f"{where}.base_storage must be one of {', '.join(BASE_STORAGES)}, got "
-                              f"{self.base_storage!r} (bf16 / int8 hold the frozen base in fewer bytes)")
+        check_base_storage(self.base_storage, f"{where}.base_storage")
         try:
             return LoRAConfig(kind=self.kind, r=self.r, alpha=self.alpha, dropout=self.dropout,
                               targets=tuple(self.targets))

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from t5kit.errors import T5kitError
 from t5kit.io import write_json
 from t5kit.kernels.inference.cpu import cpu_line, cpu_model, isa
+from t5kit.model.layers import int8_row_scales
 
 BUCKETS = (1, 4, 16, 64, 256)  # a call of r rows runs the kernel of the smallest bucket >= r (above 256: 256)
 BACKEND_ENV = "T5KIT_LINEAR_BACKEND"
@@ -546,8 +547,7 @@ def store_fp16(module: nn.Linear) -> None:
 def store_int8(module: nn.Linear) -> None:
     """Per-output-channel symmetric int8 weights: ``scale = max |w_row| / 127`` (a zero row gets scale 1)."""
     weight = module.weight.detach().float()
-    scale = weight.abs().amax(1) / 127
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).double()
+    scale = int8_row_scales(weight).double()
     zero = torch.zeros(weight.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # torch's notice that quantized tensors will move to torchao; 2.13 has them
         warnings.simplefilter("ignore", UserWarning)

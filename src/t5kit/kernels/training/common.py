@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from t5kit.kernels.inference.linear import plain_linear
+from t5kit.model.layers import linear_dtype as linear_dtype  # the training Functions' autocast rule
 
 
 def training_pass(module: nn.Module) -> bool:
@@ -50,11 +51,6 @@ def weight_sources(*layers: nn.Module) -> list[Tensor | Callable[[torch.dtype], 
 def widen(weight: Tensor | Callable[[torch.dtype], Tensor], dtype: torch.dtype) -> Tensor:
     """A weight source of :func:`weight_sources` as ``dtype``."""
     return weight.to(dtype) if isinstance(weight, Tensor) else weight(dtype)
-
-
-def linear_dtype(device: str, default: torch.dtype) -> torch.dtype:
-    """The dtype autocast would run a linear layer in on ``device``; ``default`` when autocast is off."""
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else default
 
 
 def autocast_input(x: Tensor) -> Tensor:
