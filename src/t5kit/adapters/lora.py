@@ -71,26 +71,11 @@ class LoRAConfig:
         return self.alpha / self.r
 
 
-class LoRALinear(nn.Module):
-    """``base(x) + scale * B(A(dropout(x)))``: a frozen ``nn.Linear`` (``.base``) and its adapter."""
+class AdaptedLinear(nn.Module):
+    """A projection that wraps its frozen linear layer as ``.base``: what model code reads of a projection
+    (weight, compute dtype, widths) is the base's. Shared by :class:`LoRALinear` and the multi-adapter layer."""
 
-    def __init__(self, base: nn.Linear, config: LoRAConfig, name: str = "default"):
-        super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRA wraps an nn.Linear, got {type(base).__name__}")
-        self.base = base
-        self.config, self.name = config, name
-        self.scale = config.scale
-        weight = base.weight
-        # Adapters of a half-precision base are kept in float32, as peft does by default (autocast_adapter_dtype):
-        # bf16 updates of a rank-r product lose most of a small learning rate's step.
-        dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
-        self.lora_A = nn.Parameter(torch.empty(config.r, base.in_features, device=weight.device, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.r, device=weight.device, dtype=dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's (and nn.Linear's) init
-        self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
-        base.requires_grad_(False)
-        self.train(base.training)  # a model put in eval mode before add_lora keeps its adapters' dropout off
+    base: nn.Module
 
     @property
     def weight(self) -> Tensor:
@@ -111,6 +96,28 @@ class LoRALinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.base.out_features
+
+
+class LoRALinear(AdaptedLinear):
+    """``base(x) + scale * B(A(dropout(x)))``: a frozen ``nn.Linear`` (``.base``) and its adapter."""
+
+    def __init__(self, base: nn.Linear, config: LoRAConfig, name: str = "default"):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRA wraps an nn.Linear, got {type(base).__name__}")
+        self.base = base
+        self.config, self.name = config, name
+        self.scale = config.scale
+        weight = base.weight
+        # Adapters of a half-precision base are kept in float32, as peft does by default (autocast_adapter_dtype):
+        # bf16 updates of a rank-r product lose most of a small learning rate's step.
+        dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+        self.lora_A = nn.Parameter(torch.empty(config.r, base.in_features, device=weight.device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.r, device=weight.device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's (and nn.Linear's) init
+        self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
+        base.requires_grad_(False)
+        self.train(base.training)  # a model put in eval mode before add_lora keeps its adapters' dropout off
 
     def delta_weight(self) -> Tensor:
         """``scale * B @ A``, [out, in], in the adapter's dtype."""

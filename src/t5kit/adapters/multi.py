@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from t5kit.adapters.lora import _replace, lora_layers, remove_lora
+from t5kit.adapters.lora import AdaptedLinear, _replace, lora_layers, remove_lora
 from t5kit.adapters.peft_io import load_adapter
 from t5kit.errors import ConfigError, T5kitError
 
@@ -60,7 +60,7 @@ class Routing:
         self.single, self.groups, self.rows, self._key = single, groups, len(key), key
 
 
-class MultiLoRALinear(nn.Module):
+class MultiLoRALinear(AdaptedLinear):
     """A frozen ``nn.Linear`` (``.base``) plus the low-rank terms of several adapters, applied per row group."""
 
     def __init__(self, base: nn.Linear, routing: Routing):
@@ -90,18 +90,6 @@ class MultiLoRALinear(nn.Module):
             if name.startswith("lora_") and buffer is not None and buffer.dtype in (torch.float16, torch.bfloat16):
                 self._buffers[name] = buffer.float()
         return self
-
-    @property
-    def weight(self) -> Tensor:
-        return self.base.weight
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def _delta(self, x: Tensor, index: int) -> Tensor | None:
         """``scale * B A x`` of one adapter as [rows * positions, out], computed in the adapter's dtype (float32
