@@ -260,13 +260,17 @@ STEPS = 100
 
 
 @pytest.mark.usefixtures("restore_threads")
-def test_two_ranks_train_the_same_adapter_as_one_process(tmp_path: Path, base_checkpoint: Path) -> None:
-    """DDP over an adapted model (its frozen base out of the all-reduce) under torchrun on CPU (gloo): the same
-    adapter as one process, within the rounding measured against a float64 run (train_support)."""
+@pytest.mark.parametrize("base_storage", ["fp32", "int8"])
+def test_two_ranks_train_the_same_adapter_as_one_process(tmp_path: Path, base_checkpoint: Path,
+                                                         base_storage: str) -> None:
+    """DDP over an adapted model (its frozen base out of the all-reduce; an int8 base held in buffers that DDP
+    sends once) under torchrun on CPU (gloo): the same adapter as one process, within the rounding measured
+    against a float64 run (train_support)."""
     cfg_dict = _config(tmp_path, base_checkpoint, model={"dropout": 0.0}, optim=PARITY_OPTIM,
                        train={"steps": 6, "batch_size": 8, "grad_accum": 2, **PARITY_TRAIN},
                        checkpoint={"every": 0}, eval={"max_examples": 4})
     cfg_dict["adapter"]["dropout"] = 0.0  # the ranks draw different masks: parity is about the gradient
+    cfg_dict["adapter"]["base_storage"] = base_storage
     config_path = write_config(tmp_path / "run.yaml", cfg_dict)
     ddp_out = tmp_path / "ddp"
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "t5kit", "train",
