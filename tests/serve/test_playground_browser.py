@@ -199,12 +199,29 @@ class Browser:
                 pass
 
 
+def _random_adapter(checkpoint: Path, directory: Path) -> Path:
+    """A LoRA adapter over ``checkpoint`` with random (not identity) matrices, in peft's layout."""
+    import torch
+
+    from t5kit import T5Model
+    from t5kit.adapters import LoRAConfig, add_lora, lora_layers, save_adapter
+
+    model = T5Model.from_pretrained(str(checkpoint))
+    add_lora(model, LoRAConfig(r=4, alpha=8, targets=("q", "v", "wo")))
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.3)
+    return save_adapter(model, directory)
+
+
 @pytest.mark.slow
 def test_playground_generates_in_a_real_browser(tmp_path):
     if not Path(CHROMIUM).exists():
         missing_system_part("chromium is not installed (Debian: apt-get install -y chromium)")
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny-t5")
-    server = Server(checkpoint, tmp_path / "server.log")
+    adapter = _random_adapter(checkpoint, tmp_path / "adapter-fr")
+    server = Server(checkpoint, tmp_path / "server.log", "--adapter", f"fr={adapter}")
     browser = None
     try:
         browser = Browser(tmp_path / "chromium-profile")
@@ -237,6 +254,19 @@ def test_playground_generates_in_a_real_browser(tmp_path):
         ).json()
         assert shown and shown == expected["outputs"][0]["text"]
         assert f"{expected['outputs'][0]['output_tokens']} tokens" in stats
+        # The adapter the server holds is offered, and a generation with it is the API's with that adapter.
+        assert browser.js("document.getElementById('adapter-row').hidden") is False
+        assert browser.js("[...document.getElementById('adapter').options].map(o => o.value).join(',')") == ",fr"
+        browser.js("document.getElementById('adapter').value = 'fr';")
+        browser.click("#generate")
+        browser.wait_for("document.getElementById('status').dataset.state === 'done'", timeout=60,
+                         what="the generation with the adapter to finish")
+        adapted = httpx.post(
+            server.url + "/v1/generate",
+            timeout=60,
+            json={"inputs": text, "task": "translate_en_de", "adapter": "fr", "parameters": {"max_new_tokens": 24}},
+        ).json()["outputs"][0]["text"]
+        assert browser.js("document.getElementById('output').textContent") == adapted != shown
         shot = browser.screenshot(ARTIFACTS / "playground.png")
         print(f"playground screenshot: {shot}")
         assert shot.stat().st_size > 10_000

@@ -59,6 +59,7 @@ function buildRequest() {
   for (const key of Object.keys(parameters)) if (parameters[key] === null) delete parameters[key];
   const body = { inputs: $("input").value, parameters, stream: $("stream").checked };
   if ($("task").value) body.task = $("task").value;
+  if ($("adapter").value) body.adapter = $("adapter").value;
   return body;
 }
 
@@ -154,6 +155,12 @@ async function loadModel() {
     $("model").textContent = `${model.id} · ${millions}M params · ${model.dtype}`;
     const limit = info.limits && info.limits.max_new_tokens;
     if (limit) $("max_new_tokens").max = limit;
+    for (const name of model.adapters || []) {  // the LoRA adapters the server holds over its base
+      const option = document.createElement("option");
+      option.value = option.textContent = name;
+      $("adapter").append(option);
+    }
+    $("adapter-row").hidden = !(model.adapters && model.adapters.length);
     showPrefix();
   } catch (error) {
     $("model").textContent = "model info unavailable";
