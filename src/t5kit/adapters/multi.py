@@ -108,7 +108,9 @@ class MultiLoRALinear(AdaptedLinear):
             if pair is None:
                 return out
             a, b = pair
-            if out.dtype != a.dtype:  # a half-precision base: the term in float32, added in the base's dtype
+            # A half-precision base (the term in float32, added in the base's dtype) or an output addmm_ could not
+            # write through a view of: a matmul and an add.
+            if out.dtype != a.dtype or not out.is_contiguous():
                 return out.add_(self._delta(x, routing.single).view(out.shape).to(out.dtype))
             # One addmm_ into the base's output instead of a matmul and an add: 31 against 54 us per layer at
             # 16 rows, 10 against 15 us at one (r 8, 512 wide, 2-core AMD EPYC, 2 threads).
@@ -117,7 +119,7 @@ class MultiLoRALinear(AdaptedLinear):
         if x.shape[0] != routing.rows:
             raise ConfigError(f"adapter routing names {routing.rows} rows but the layer got {x.shape[0]}: route "
                               f"each model call's rows (AdapterSet.route) before it")
-        for index, rows in routing.groups:  # the same arithmetic per row as the single path above
+        for index, rows in routing.groups:  # each group's low-rank term, as the single path computes it
             delta = self._delta(x.index_select(0, rows), index)
             if delta is not None:
                 out.index_add_(0, rows, delta.view(len(rows), *out.shape[1:]).to(out.dtype))
