@@ -12,7 +12,8 @@ One random checkpoint (``common.save_random_hf_checkpoint``) and two random adap
   each: what a server holding two adapters runs when both are asked for at once;
 - ``t5kit LoRALinear``: the training module (``t5kit.adapters.LoRALinear``) left in place, unmerged;
 - ``transformers+peft merged`` / ``unmerged`` (``merge_and_unload`` or not), for context (peft issue 217
-  reported ~10x slower generation until merged).
+  reported ~10x slower generation until merged); peft comes with the dev extra (``pip install -e '.[dev]'``),
+  ``--no-peft`` leaves it out.
 
 Scenarios: greedy batch 1, greedy batch 16, beam 4 batch 1; 64 source tokens, exactly ``--new`` new tokens (EOS
 suppressed). Each round runs every engine once per scenario, in a rotating order, so a change in the host's
