@@ -197,10 +197,11 @@ class Generator:
         """
         directory = resolve(path_or_repo_id, what="checkpoint", revision=revision, error=CheckpointError)
         model = T5Model.from_pretrained(str(directory), **load_options)
-        if adapter is not None and merge_adapter:
-            merge_lora(load_adapter(model, adapter))
-        elif adapter is not None:
-            attach_adapters(model, {"default": adapter}).use("default")
+        if adapter is not None:
+            if merge_adapter:
+                merge_lora(load_adapter(model, adapter))
+            else:
+                attach_adapters(model, {"default": adapter}).use("default")
         return cls(model, load_tokenizer(directory), precision=precision)
 
     def __init__(self, model: Any, tokenizer: Any, precision: str | None = None):

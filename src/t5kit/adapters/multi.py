@@ -13,8 +13,7 @@ every layer, so routing costs one small computation per call, not per layer. The
 of adapters: the server hands :class:`t5kit.generate.continuous.ContinuousDecoder` the route callback.
 
 Each adapter's matrices are read through :func:`t5kit.adapters.load_adapter` (its checks: peft's names,
-shapes, the options t5kit runs) and kept with the scale folded into ``B``: one ``addmm`` per group instead of
-a multiply and an add.
+shapes, the options t5kit runs) and kept with the scale folded into ``B``, so no call multiplies by it.
 """
 
 from __future__ import annotations
