@@ -87,7 +87,7 @@ def peak_memory_mb() -> float:
 def parse_engine(engine: str) -> tuple[str, str, str | None]:
     """``"t5kit-fp32-mkl"`` -> ("t5kit", "fp32", "mkl"): family, precision, the linear backend it forces."""
     family, precision, *backend = engine.split("-")
-    return family, precision, (backend[0] if backend else None)
+    return family, precision, ("-".join(backend) if backend else None)  # kernel names have dashes too
 
 
 def make_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,6 +52,11 @@ def isa() -> list[str]:
     return [f for f in ISA_FLAGS if f in flags]
 
 
+def cpu_flags() -> frozenset[str]:
+    """Every flag the CPU reports (``/proc/cpuinfo``), for kernels that need more than :data:`ISA_FLAGS`."""
+    return _cpu()[1]
+
+
 def native_bf16() -> bool:
     """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 on x86, BF16 on Arm); elsewhere
     PyTorch emulates it, slower than fp32."""

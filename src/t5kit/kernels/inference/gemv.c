@@ -1,0 +1,178 @@
+/* t5kit's own small-row GEMM for x86 with AVX2 + FMA + F16C: y[r, n] = sum_k x[r, k] * w[n, k] (* scale[n]).
+ *
+ * Why it exists (issue #17): at one to a few rows a decoding step is a stream of weights from DRAM, and on a
+ * 2-core AMD EPYC (AVX2) every kernel PyTorch offers streams a one-row fp32 product at 8-16 GB/s where the
+ * machine reads at ~23 GB/s. This one reads each weight row once per call with plain sequential loads, for
+ * every row of x at once, in three weight formats:
+ *   f32: float32 weights;
+ *   f16: IEEE half weights (F16C widens them), float32 activations and accumulation;
+ *   i8:  int8 weights with one float32 scale per output row, float32 activations (weight-only int8).
+ * Accumulation is float32 in any order (8 lanes, then a horizontal sum): the rounding-error bound of
+ * t5kit.kernels.inference.linear.error_bound holds. Built at first use by t5kit.kernels.inference.gemv with the
+ * system's C compiler; OpenMP binds to the libgomp PyTorch has loaded (same soname), so its threads are
+ * PyTorch's and the thread count is passed in by the caller (torch.get_num_threads()).
+ */
+#include <immintrin.h>
+#include <stdint.h>
+
+#ifndef PREFETCH_TILES
+#define PREFETCH_TILES 1
+#endif
+#ifndef PREFETCH
+#define PREFETCH 1
+#endif
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+enum { F32 = 0, F16 = 1, I8 = 2 };
+
+ALWAYS_INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ALWAYS_INLINE __m256 load8(int fmt, const void *w, int64_t i) {
+    if (fmt == F32) return _mm256_loadu_ps((const float *)w + i);
+    if (fmt == F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))));
+}
+
+ALWAYS_INLINE float load1(int fmt, const void *w, int64_t i) {
+    if (fmt == F32) return ((const float *)w)[i];
+    if (fmt == F16) return _cvtsh_ss(((const uint16_t *)w)[i]);
+    return (float)((const int8_t *)w)[i];
+}
+
+ALWAYS_INLINE const void *row_of(int fmt, const void *w, int64_t n, int64_t k) {
+    int64_t bytes = fmt == F32 ? 4 : fmt == F16 ? 2 : 1;
+    return (const char *)w + n * k * bytes;
+}
+
+/* R rows of x against NT consecutive weight rows starting at w's row n0: R * NT accumulators in registers. */
+ALWAYS_INLINE void tile(int fmt, const int R, const int NT, const float *x, const void *w, const float *scale,
+                        float *y, int64_t n0, int64_t n, int64_t k) {
+    __m256 acc[4][4];
+    const void *wr[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; j++) wr[j] = row_of(fmt, w, n0 + j, k);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++) acc[r][j] = _mm256_setzero_ps();
+    const int64_t bytes = fmt == F32 ? 4 : fmt == F16 ? 2 : 1;
+    /* the next tile's weight rows (contiguous after these), fetched while this one computes: the hardware
+       prefetcher alone restarts at every short row */
+    const char *ahead = (const char *)row_of(fmt, w, n0 + PREFETCH_TILES * NT, k);
+    const int64_t ahead_bytes = (n0 + (PREFETCH_TILES + 1) * NT <= n ? NT : 0) * k * bytes;
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        /* as many bytes of the next tile as this step reads of its own, one 64-byte line at a time */
+#pragma GCC unroll 4
+        for (int64_t at = (i * bytes * NT + 63) / 64 * 64; PREFETCH && at < (i + 8) * bytes * NT; at += 64)
+            if (at < ahead_bytes) _mm_prefetch(ahead + at, _MM_HINT_T0);
+        __m256 wv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++) wv[j] = load8(fmt, wr[j], i);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m256 xv = _mm256_loadu_ps(x + r * k + i);
+#pragma GCC unroll 4
+            for (int j = 0; j < NT; j++) acc[r][j] = _mm256_fmadd_ps(xv, wv[j], acc[r][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++) {
+            float s = hsum(acc[r][j]);
+            for (int64_t t = i; t < k; t++) s += x[r * k + t] * load1(fmt, wr[j], t);
+            y[r * n + n0 + j] = fmt == I8 ? s * scale[n0 + j] : s;
+        }
+}
+
+/* One row of x against 4 weight rows, with two accumulators per weight row (even and odd steps of 8): an FMA
+ * waits ~4 cycles for the previous one into the same register, so 4 chains issued one FMA a cycle where the
+ * core has two (cache-hot 2048 x 512 at one row, one thread: 180 us with 4 chains, MKL 111 us). */
+ALWAYS_INLINE void tile_row(int fmt, const float *x, const void *w, const float *scale, float *y, int64_t n0,
+                            int64_t n, int64_t k) {
+    const int NT = 4;
+    __m256 even[4], odd[4];
+    const void *wr[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; j++) {
+        wr[j] = row_of(fmt, w, n0 + j, k);
+        even[j] = _mm256_setzero_ps();
+        odd[j] = _mm256_setzero_ps();
+    }
+    const int64_t bytes = fmt == F32 ? 4 : fmt == F16 ? 2 : 1;
+    const char *ahead = (const char *)row_of(fmt, w, n0 + PREFETCH_TILES * NT, k);
+    const int64_t ahead_bytes = (n0 + (PREFETCH_TILES + 1) * NT <= n ? NT : 0) * k * bytes;
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+#pragma GCC unroll 8
+        for (int64_t at = (i * bytes * NT + 63) / 64 * 64; PREFETCH && at < (i + 16) * bytes * NT; at += 64)
+            if (at < ahead_bytes) _mm_prefetch(ahead + at, _MM_HINT_T0);
+        const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++) {
+            even[j] = _mm256_fmadd_ps(x0, load8(fmt, wr[j], i), even[j]);
+            odd[j] = _mm256_fmadd_ps(x1, load8(fmt, wr[j], i + 8), odd[j]);
+        }
+    }
+    if (i + 8 <= k) {
+        const __m256 x0 = _mm256_loadu_ps(x + i);
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++) even[j] = _mm256_fmadd_ps(x0, load8(fmt, wr[j], i), even[j]);
+        i += 8;
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; j++) {
+        float s = hsum(_mm256_add_ps(even[j], odd[j]));
+        for (int64_t t = i; t < k; t++) s += x[t] * load1(fmt, wr[j], t);
+        y[n0 + j] = fmt == I8 ? s * scale[n0 + j] : s;
+    }
+}
+
+/* Weight rows [n0, n0 + NT) against every row of x, in chunks of x rows. */
+ALWAYS_INLINE void columns(int fmt, const int NT, const float *x, const void *w, const float *scale, float *y,
+                           int64_t rows, int64_t n0, int64_t n, int64_t k) {
+    int64_t r = 0;
+    if (NT == 4) {
+        for (; r + 2 <= rows; r += 2) tile(fmt, 2, 4, x + r * k, w, scale, y + r * n, n0, n, k);
+        for (; r < rows; r++) tile_row(fmt, x + r * k, w, scale, y + r * n, n0, n, k);
+    } else if (NT == 2) {
+        for (; r + 4 <= rows; r += 4) tile(fmt, 4, 2, x + r * k, w, scale, y + r * n, n0, n, k);
+        for (; r + 2 <= rows; r += 2) tile(fmt, 2, 2, x + r * k, w, scale, y + r * n, n0, n, k);
+        for (; r < rows; r++) tile(fmt, 1, 2, x + r * k, w, scale, y + r * n, n0, n, k);
+    } else {
+        for (; r + 4 <= rows; r += 4) tile(fmt, 4, 1, x + r * k, w, scale, y + r * n, n0, n, k);
+        for (; r < rows; r++) tile(fmt, 1, 1, x + r * k, w, scale, y + r * n, n0, n, k);
+    }
+}
+
+/* One function per weight format, each with its own parallel loop: OpenMP outlines the loop body before
+ * inlining, so a format passed as an argument would stay a run-time branch in the inner loop (measured: the
+ * cache-hot int8 kernel ran at a third of its speed that way). */
+#define DEFINE_GEMM(NAME, FMT, WTYPE)                                                       \
+    void NAME(const float *x, const WTYPE *w, const float *scale, float *y, int64_t rows, int64_t n, int64_t k,         \
+              int threads) {                                                                                    \
+        /* one or two rows: 4 weight rows a tile (the stream is the cost); more: 2 weight rows x 4 x rows */    \
+        const int64_t nt = rows <= 2 ? 4 : 2;                                                                   \
+        const int64_t tiles = n / nt;                                                                           \
+        /* below ~64k multiply-adds the team's wake-up costs more than a second thread gives */                 \
+        const int team = rows * n * k >= 65536 && threads > 1 ? threads : 1;                                    \
+        _Pragma("omp parallel for schedule(static) num_threads(team)")                                          \
+        for (int64_t t = 0; t < tiles; t++) {                                                                   \
+            if (nt == 4) columns(FMT, 4, x, w, scale, y, rows, t * 4, n, k);                                    \
+            else columns(FMT, 2, x, w, scale, y, rows, t * 2, n, k);                                            \
+        }                                                                                                       \
+        for (int64_t n0 = tiles * nt; n0 < n; n0++) columns(FMT, 1, x, w, scale, y, rows, n0, n, k);           \
+    }
+
+/* scale: one float per weight row, read by i8 only (NULL for the others) */
+DEFINE_GEMM(t5kit_gemm_f32, F32, float)
+DEFINE_GEMM(t5kit_gemm_f16, F16, uint16_t)
+DEFINE_GEMM(t5kit_gemm_i8, I8, int8_t)
+
+int t5kit_gemv_abi(void) { return 1; }
