@@ -9,10 +9,15 @@ import torch
 from torch import Tensor, nn
 from torch.compiler import is_compiling as compiling
 
+from t5kit.kernels.inference import native
 from t5kit.kernels.inference.fused import fused_copy, fused_for, held_copies, without_copies
 from t5kit.kernels.inference.linear import BackendLinear
 from t5kit.model.cache import DecoderCache
 from t5kit.model.layers import Attention
+
+# Decoding steps attend with 1 query per row (beam search's cross attention: the item's beams); a prompt of
+# many queries goes to PyTorch's scaled_dot_product_attention, which is blocked for that.
+SMALL_QUERIES = 16
 
 
 class InferenceAttention(Attention):
@@ -28,8 +33,24 @@ class InferenceAttention(Attention):
         self.fused_projection()
         return held_copies(self)
 
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        """The plain ``attend`` (softmax(q k^T + bias) v, then ``o``), through t5kit's attention kernel in a
+        decoding step (a call with a cache, a few float32 queries) when autograd does not record. A forward
+        without a cache (training, scoring, the encoder) keeps PyTorch's attention and its rounding."""
+        if (not self.__dict__.get("_t5kit_decoding") or q.shape[2] > SMALL_QUERIES or q.dtype != torch.float32
+                or q.device.type != "cpu"
+                or torch.is_grad_enabled() or (self.training and self.dropout.p) or compiling()):
+            return super().attend(q, k, v, bias)
+        lib = native.library()
+        if (lib is None or k.shape[2] > lib.max_keys or k.dtype != q.dtype or v.dtype != q.dtype
+                or (bias is not None and (bias.dtype != q.dtype or bias.dim() != 4))):
+            return super().attend(q, k, v, bias)
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        return self.o(native.attention(lib, q, k, v, bias))
+
     def forward(self, x: Tensor, bias: Tensor, memory: Tensor | None = None, cache: DecoderCache | None = None,
                 layer: int = 0) -> Tensor:
+        self.__dict__["_t5kit_decoding"] = cache is not None  # read by attend(), which forward() calls
         if self.cross or memory is not None or torch.is_grad_enabled() or compiling():
             return super().forward(x, bias, memory, cache, layer)
         fused = fused_for(self, "qkv", (self.q, self.k, self.v), x.numel() // x.shape[-1])

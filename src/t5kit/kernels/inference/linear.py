@@ -48,13 +48,13 @@ from torch import Tensor, nn
 
 from t5kit.errors import T5kitError
 from t5kit.io import write_json
-from t5kit.kernels.inference import gemv
+from t5kit.kernels.inference import native
 from t5kit.kernels.inference.cpu import cpu_line, cpu_model, isa
 from t5kit.model.layers import int8_row_scales
 
 BUCKETS = (1, 4, 16, 64, 256)  # a call of r rows runs the kernel of the smallest bucket >= r (above 256: 256)
 BACKEND_ENV = "T5KIT_LINEAR_BACKEND"
-CACHE_ENV = "T5KIT_CACHE_DIR"
+CACHE_ENV = native.CACHE_ENV
 CACHE_FILE = "linear-backends.json"
 # A non-default kernel must be this much faster than the format's default to be chosen: each one holds another
 # copy of the weight (t5-small fp32: 1213 MiB peak with oneDNN taken at 5-7% gains, 607 with MKL alone), and
@@ -137,33 +137,28 @@ def _onednn_int8(x: Tensor, packed: Any) -> Tensor:
     return torch.ops.quantized.linear_dynamic(x, packed, False)
 
 
-def kernel_dir() -> Path:
-    """Where t5kit's own compiled kernels (:mod:`t5kit.kernels.inference.gemv`) are kept."""
-    return cache_path().parent / "kernels"
-
-
 def _gemv_available() -> bool:
-    return gemv.library(kernel_dir()) is not None
+    return native.library() is not None
 
 
 def _gemv_pack(weight: Tensor) -> tuple[Any, Tensor]:
-    return gemv.library(kernel_dir()), weight.detach().contiguous()
+    return native.library(), weight.detach().contiguous()
 
 
 def _gemv_int8_pack(qweight: Tensor) -> tuple[Any, tuple[Tensor, Tensor]]:
-    return gemv.library(kernel_dir()), gemv.pack_int8(qweight)
+    return native.library(), native.pack_int8(qweight)
 
 
 def _gemv_f32(x: Tensor, packed: tuple[Any, Tensor]) -> Tensor:
-    return gemv.gemm_f32(packed[0], x, packed[1])
+    return native.gemm_f32(packed[0], x, packed[1])
 
 
 def _gemv_f16(x: Tensor, packed: tuple[Any, Tensor]) -> Tensor:
-    return gemv.gemm_f16(packed[0], x, packed[1])
+    return native.gemm_f16(packed[0], x, packed[1])
 
 
 def _gemv_i8(x: Tensor, packed: tuple[Any, tuple[Tensor, Tensor]]) -> Tensor:
-    return gemv.gemm_i8(packed[0], x, packed[1])
+    return native.gemm_i8(packed[0], x, packed[1])
 
 
 def _onednn_bf16_available() -> bool:
@@ -315,10 +310,7 @@ _CHOICES: dict[str, dict[str, Any]] | None = None  # key -> {"kernel": name, "us
 
 def cache_path() -> Path:
     """Where the per-machine choices are kept."""
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t5kit")
-    return Path(root) / CACHE_FILE
+    return native.cache_root() / CACHE_FILE
 
 
 def _machine_key() -> str:
@@ -656,7 +648,7 @@ def summary(model: nn.Module) -> str:
     forced = forced_kernel()
     how = f"forced {forced}" if forced else f"auto (timed once, cached in {cache_path()})"
     lines = [f"{cpu_line()}; linear backend: {how}"]
-    why_not = gemv.unavailable(kernel_dir())
+    why_not = native.unavailable()
     if why_not:
         lines.append(f"  t5kit's own AVX2 kernels are not used: {why_not}")
     by_shape: dict[tuple, list[LinearChoice]] = {}

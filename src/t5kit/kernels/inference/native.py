@@ -1,4 +1,5 @@
-"""t5kit's own small-row kernels (``gemv.c``): fp32, fp16-weight and int8-weight products for 1-16 rows.
+"""t5kit's native kernels: ``gemv.c`` (fp32, fp16-weight and int8-weight products for 1-16 rows) and
+``attention.c`` (attention for a few queries), one C library built here.
 
 Why (issue #17): at one row a decoding step streams its weights from DRAM, and on a 2-core AMD EPYC (Zen 3,
 AVX2) every kernel PyTorch offers streams t5-small's 49 one-row products at 6-12 GB/s; these read them at
@@ -21,6 +22,7 @@ import ctypes
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,12 +32,29 @@ from torch import Tensor
 
 from t5kit.kernels.inference.cpu import cpu_flags
 
-SOURCE = Path(__file__).with_name("gemv.c")
+CACHE_ENV = "T5KIT_CACHE_DIR"
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "attention.c"))
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx2", "fma", "f16c")
-ABI = 1  # t5kit_gemv_abi() of the source this module's signatures match
+ABI = 2  # t5kit_gemv_abi() of the source this module's signatures match
 COMPILE_TIMEOUT_S = 300
-_PTR, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_INT = ctypes.c_int
+_GEMM_ARGS = struct.Struct("8q").pack
+_ATTENTION_ARGS = struct.Struct("24q").pack
+
+
+def cache_root() -> Path:
+    """t5kit's per-machine cache directory: ``$T5KIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/t5kit`` or
+    ``~/.cache/t5kit`` (the linear backend's choices and the compiled kernels live there)."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t5kit")
+    return Path(root)
+
+
+def kernel_dir() -> Path:
+    """Where the compiled kernel library is kept."""
+    return cache_root() / "kernels"
 
 
 def _compiler() -> str | None:
@@ -53,30 +72,31 @@ def _compiler_version(compiler: str) -> str:
 
 
 def build(directory: Path) -> Path:
-    """Compile ``gemv.c`` into ``directory`` (unless that exact build is there) and return the library's path;
-    :class:`RuntimeError` naming the cause where it cannot be built here."""
+    """Compile the kernels (:data:`SOURCES`) into ``directory`` (unless that exact build is there) and return
+    the library's path; :class:`RuntimeError` naming the cause where it cannot be built here."""
     missing = [flag for flag in NEEDED_FLAGS if flag not in cpu_flags()]
     if missing:
         raise RuntimeError(f"this CPU lacks {', '.join(missing)}")
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     digest = hashlib.sha256(source + " ".join(FLAGS).encode() + _compiler_version(compiler).encode()).hexdigest()
-    target = directory / f"gemv-{digest[:16]}.so"
+    target = directory / f"t5kit-kernels-{digest[:16]}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=directory, prefix=".gemv-", suffix=".so")  # other processes may build too
+    # another process may be building too: each writes its own file and renames it into place
+    fd, partial = tempfile.mkstemp(dir=directory, prefix=".t5kit-kernels-", suffix=".so")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], capture_output=True, text=True,
-                              timeout=COMPILE_TIMEOUT_S)
+        done = subprocess.run([compiler, *FLAGS, "-o", partial, *map(str, SOURCES), "-lm"], capture_output=True,
+                              text=True, timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed to build {SOURCE.name}: {done.stderr.strip()[-500:]}")
+            raise RuntimeError(f"{compiler} failed to build t5kit's kernels: {done.stderr.strip()[-500:]}")
         os.replace(partial, target)
     except subprocess.TimeoutExpired as err:
-        raise RuntimeError(f"{compiler} took over {COMPILE_TIMEOUT_S} s to build {SOURCE.name}") from err
+        raise RuntimeError(f"{compiler} took over {COMPILE_TIMEOUT_S} s to build t5kit's kernels") from err
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
@@ -90,31 +110,36 @@ class _Library:
         lib = ctypes.CDLL(str(path))
         if lib.t5kit_gemv_abi() != ABI:
             raise RuntimeError(f"{path} is not the kernel library this t5kit expects (ABI {ABI})")
+        # every entry point takes its arguments packed into one int64 array (struct.pack): see gemv.c
         for name in ("t5kit_gemm_f32", "t5kit_gemm_f16", "t5kit_gemm_i8"):
-            getattr(lib, name).argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _INT]
+            getattr(lib, name).argtypes = [ctypes.c_char_p]
             getattr(lib, name).restype = None
         self.f32, self.f16, self.i8 = lib.t5kit_gemm_f32, lib.t5kit_gemm_f16, lib.t5kit_gemm_i8
+        lib.t5kit_attention.argtypes = [ctypes.c_char_p]
+        lib.t5kit_attention.restype = _INT
+        self.attention = lib.t5kit_attention
+        self.max_keys = lib.t5kit_attention_max_keys()
         self.path = path
 
 
 _LOADED: list[_Library | str] = []  # one library per process: the first build's, or why there is none
 
 
-def library(directory: Path) -> _Library | None:
-    """The kernels, built into ``directory`` at this process's first call (None where they cannot be). Later
-    calls return that same library whatever their directory: a build is keyed by its content, not its place."""
+def library() -> _Library | None:
+    """The kernels, built into :func:`kernel_dir` at this process's first call (None where they cannot be).
+    Later calls return that same library even if the directory changed: a build is keyed by its content."""
     if not _LOADED:
         try:
-            _LOADED.append(_Library(build(directory)))
+            _LOADED.append(_Library(build(kernel_dir())))
         except (OSError, RuntimeError) as err:
             _LOADED.append(str(err))
     found = _LOADED[0]
     return found if isinstance(found, _Library) else None
 
 
-def unavailable(directory: Path) -> str | None:
+def unavailable() -> str | None:
     """Why the kernels cannot run here (None: they can)."""
-    library(directory)
+    library()
     return _LOADED[0] if isinstance(_LOADED[0], str) else None
 
 
@@ -134,7 +159,7 @@ def gemm_f32(lib: _Library, x: Tensor, weight: Tensor) -> Tensor:
     """``x @ weight.T`` with a contiguous float32 weight."""
     n, k = weight.shape
     x2, y, rows = _out(x, n)
-    lib.f32(x2.data_ptr(), weight.data_ptr(), None, y.data_ptr(), rows, n, k, torch.get_num_threads())
+    lib.f32(_GEMM_ARGS(x2.data_ptr(), weight.data_ptr(), 0, y.data_ptr(), rows, n, k, torch.get_num_threads()))
     return y
 
 
@@ -142,7 +167,7 @@ def gemm_f16(lib: _Library, x: Tensor, weight: Tensor) -> Tensor:
     """``x @ weight.T`` with a contiguous float16 weight, widened in registers; float32 accumulation."""
     n, k = weight.shape
     x2, y, rows = _out(x, n)
-    lib.f16(x2.data_ptr(), weight.data_ptr(), None, y.data_ptr(), rows, n, k, torch.get_num_threads())
+    lib.f16(_GEMM_ARGS(x2.data_ptr(), weight.data_ptr(), 0, y.data_ptr(), rows, n, k, torch.get_num_threads()))
     return y
 
 
@@ -156,5 +181,27 @@ def gemm_i8(lib: _Library, x: Tensor, packed: tuple[Tensor, Tensor]) -> Tensor:
     values, scale = packed
     n, k = values.shape
     x2, y, rows = _out(x, n)
-    lib.i8(x2.data_ptr(), values.data_ptr(), scale.data_ptr(), y.data_ptr(), rows, n, k, torch.get_num_threads())
+    lib.i8(_GEMM_ARGS(x2.data_ptr(), values.data_ptr(), scale.data_ptr(), y.data_ptr(), rows, n, k,
+                      torch.get_num_threads()))
     return y
+
+
+def attention(lib: _Library, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """``softmax(q k^T + bias) v`` (no scale, T5's rule) for float32 q [B, H, Q, D], k / v [B, H, L, D] and an
+    additive 4-D ``bias`` broadcastable to [B, H, Q, L], returned as [B, Q, H * D]. The caller guarantees float32
+    CPU tensors whose last dimension is contiguous and L <= ``lib.max_keys``."""
+    batch, heads, queries, d = q.shape
+    keys = k.shape[2]
+    out = torch.empty(batch, queries, heads * d, dtype=torch.float32)
+    if bias is None:
+        bias_ptr, bias_strides = 0, (0, 0, 0, 0)
+    else:  # a dimension of size 1 is broadcast: stride 0 (what expand() would give, without its call)
+        bias_ptr = bias.data_ptr()
+        bias_strides = tuple(0 if size == 1 else stride for size, stride in zip(bias.shape, bias.stride()))
+    qs, ks, vs = q.stride(), k.stride(), v.stride()
+    status = lib.attention(_ATTENTION_ARGS(
+        q.data_ptr(), qs[0], qs[1], qs[2], k.data_ptr(), ks[0], ks[1], ks[2], v.data_ptr(), vs[0], vs[1], vs[2],
+        bias_ptr, *bias_strides, out.data_ptr(), batch, heads, queries, keys, d, torch.get_num_threads()))
+    if status != 0:
+        raise ValueError(f"{keys} keys: t5kit's attention kernel takes at most {lib.max_keys}")
+    return out
