@@ -21,6 +21,9 @@ head at 1 row 1.4 ms with MKL, 1.5 ms with oneDNN; at 4 rows 2.8 ms against 1.5 
 - ``T5KIT_LINEAR_BACKEND=<kernel>`` forces one kernel wherever it applies (``mkl``: PyTorch's plain path for
   fp32, what an unconfigured PyTorch does); ``auto`` (the default) chooses by timing.
 
+The candidates are PyTorch's own kernels (MKL, oneDNN, fbgemm) and, where the CPU has AVX2 and a C compiler is
+present, t5kit's native small-row kernels (:mod:`t5kit.kernels.inference.native`, ``gemv.c``).
+
 Weight formats: ``fp32`` and ``bf16`` use the layer's own ``weight``; the inference copies of
 :mod:`t5kit.kernels.inference.precision` add ``fp16`` (fp16 storage, fp32 compute: half the bytes a batch-1
 step reads) and ``int8`` (per-channel symmetric int8 weights, activations quantized per call) as buffers, and
