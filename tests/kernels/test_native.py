@@ -40,7 +40,7 @@ def test_a_build_is_reused_and_a_bad_compiler_is_reported(tmp_path, monkeypatch)
 
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs AVX2/FMA/F16C and a C compiler (the other kernels serve then)")
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 7, 16])  # 7: one 6-row micro-tile and a remainder
 def test_layouts_tails_and_formats_against_float64(rows):
     lib = native.library()
     torch.manual_seed(rows)
@@ -56,6 +56,9 @@ def test_layouts_tails_and_formats_against_float64(rows):
         "f32": (native.gemm_f32(lib, base, weight), weight.double()),
         "f16": (native.gemm_f16(lib, base, weight.half()), weight.half().double()),
         "i8": (native.gemm_i8(lib, base, native.pack_int8(layer.weight_int8)), layer.weight_int8.dequantize().double()),
+        # the blocked kernel: 37 columns are two full blocks of 16 and a partial one
+        "packed f32": (native.gemm_packed(lib, base, native.pack_blocks(weight)), weight.double()),
+        "packed f16": (native.gemm_packed(lib, base, native.pack_blocks(weight.half())), weight.half().double()),
     }
     for name, (y, w64) in cases.items():
         exact = base.double() @ w64.T

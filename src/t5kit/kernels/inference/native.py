@@ -33,7 +33,7 @@ from torch import Tensor
 from t5kit.kernels.inference.cpu import cpu_flags
 
 CACHE_ENV = "T5KIT_CACHE_DIR"
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "attention.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "gemm_packed.c", "attention.c"))
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx2", "fma", "f16c")
 ABI = 2  # t5kit_gemv_abi() of the source this module's signatures match
@@ -111,10 +111,12 @@ class _Library:
         if lib.t5kit_gemv_abi() != ABI:
             raise RuntimeError(f"{path} is not the kernel library this t5kit expects (ABI {ABI})")
         # every entry point takes its arguments packed into one int64 array (struct.pack): see gemv.c
-        for name in ("t5kit_gemm_f32", "t5kit_gemm_f16", "t5kit_gemm_i8"):
+        for name in ("t5kit_gemm_f32", "t5kit_gemm_f16", "t5kit_gemm_i8", "t5kit_gemm_packed_f32",
+                     "t5kit_gemm_packed_f16"):
             getattr(lib, name).argtypes = [ctypes.c_char_p]
             getattr(lib, name).restype = None
         self.f32, self.f16, self.i8 = lib.t5kit_gemm_f32, lib.t5kit_gemm_f16, lib.t5kit_gemm_i8
+        self.packed_f32, self.packed_f16 = lib.t5kit_gemm_packed_f32, lib.t5kit_gemm_packed_f16
         lib.t5kit_attention.argtypes = [ctypes.c_char_p]
         lib.t5kit_attention.restype = _INT
         self.attention = lib.t5kit_attention
@@ -168,6 +170,28 @@ def gemm_f16(lib: _Library, x: Tensor, weight: Tensor) -> Tensor:
     n, k = weight.shape
     x2, y, rows = _out(x, n)
     lib.f16(_GEMM_ARGS(x2.data_ptr(), weight.data_ptr(), 0, y.data_ptr(), rows, n, k, torch.get_num_threads()))
+    return y
+
+
+PACK_BLOCK = 16  # output columns per block of gemm_packed.c's packed layout
+
+
+def pack_blocks(weight: Tensor) -> tuple[Tensor, int]:
+    """``weight`` [n, k] (float32 or float16) in gemm_packed.c's layout [ceil(n / 16), k, 16], zero-padded, with n."""
+    n, k = weight.shape
+    blocks = -(-n // PACK_BLOCK)
+    padded = weight.detach().new_zeros(blocks * PACK_BLOCK, k)
+    padded[:n] = weight.detach()
+    return padded.view(blocks, PACK_BLOCK, k).transpose(1, 2).contiguous(), n
+
+
+def gemm_packed(lib: _Library, x: Tensor, packed: tuple[Tensor, int]) -> Tensor:
+    """``x @ weight.T`` from :func:`pack_blocks`' layout (float32 accumulation; float16 blocks widened)."""
+    blocks, n = packed
+    k = blocks.shape[1]
+    x2, y, rows = _out(x, n)
+    run = lib.packed_f32 if blocks.dtype == torch.float32 else lib.packed_f16
+    run(_GEMM_ARGS(x2.data_ptr(), blocks.data_ptr(), 0, y.data_ptr(), rows, n, k, torch.get_num_threads()))
     return y
 
 
