@@ -3,11 +3,12 @@
     python benchmarks/native_kernels.py [--threads 2] [--repeat 9]
 
 The 48 decoder weights of t5-small (6 layers x q, k, v, o, cross q, cross o, wi, wo) and the 32128 x 512 head,
-random, each product run once per pass at 1, 4 and 16 rows: the weights (154 MB in fp32) stream from DRAM as in
-a decoding step. Kernels: MKL (F.linear), oneDNN with a prepacked weight, t5kit's avx2-gemv (fp32), fbgemm
-fp16 and t5kit's avx2-gemv-fp16, fbgemm int8 and t5kit's avx2-gemv-int8; a torch.sum over the same tensors is
-the read-bandwidth reference. The kernels take turns within each pass (a slow moment of the host hits all);
-the figure is each one's median over the passes. Prints the CPU model and ISA first.
+random, each product run once per pass at 1, 4, 16 and 64 rows: the weights (154 MB in fp32) stream from DRAM as
+in a one-row decoding step. Kernels: MKL (F.linear), oneDNN with a prepacked weight, t5kit's avx2-gemv and
+avx2-packed (fp32), fbgemm fp16 and t5kit's avx2-gemv-fp16 and avx2-packed-fp16, fbgemm int8 and t5kit's
+avx2-gemv-int8; a torch.sum over the same tensors is the read-bandwidth reference. The kernels take turns within
+each pass (a slow moment of the host hits all); the figure is each one's median over the passes. Prints the CPU
+model and ISA first.
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ def main() -> None:
     fb16 = [torch.ops.quantized.linear_prepack_fp16(w, None) for w in weights]
     fb8 = [torch.ops.quantized.linear_prepack(q, None) for q in int8]
     g8 = [native.pack_int8(q) for q in int8]
+    blocks = [native.pack_blocks(w) for w in weights]
+    blocks16 = [native.pack_blocks(w) for w in fp16]
     fp32_bytes = sum(w.numel() for w in weights) * 4
     print(f"{len(weights)} weights, {fp32_bytes / 1e6:.0f} MB in fp32; {args.threads} threads; median of "
           f"{args.repeat} passes, milliseconds per pass (all weights once)")
-    for rows in (1, 4, 16):
-        cases = products({k: torch.randn(rows, k) for k in (512, 2048)}, weights, fp16, onednn, fb16, fb8, g8, lib)
+    for rows in (1, 4, 16, 64):
+        cases = products({k: torch.randn(rows, k) for k in (512, 2048)}, weights, fp16, onednn, fb16, fb8, g8, lib,
+                         blocks, blocks16)
         times: dict[str, list[float]] = {name: [] for name in cases}
         with torch.inference_mode():
             for run in cases.values():
@@ -70,7 +74,7 @@ def main() -> None:
             print(f"  {name:24s} {ms:8.2f} ms   {fp32_bytes / (ms / 1e3) / 1e9:6.1f} GB/s fp32-equivalent")
 
 
-def products(xs, weights, fp16, onednn, fb16, fb8, g8, lib) -> dict:
+def products(xs, weights, fp16, onednn, fb16, fb8, g8, lib, blocks, blocks16) -> dict:
     """One pass over every weight per kernel, on the inputs ``xs`` (by width)."""
     return {
         "torch.sum (read bound)": lambda: [torch.sum(w) for w in weights],
@@ -78,9 +82,11 @@ def products(xs, weights, fp16, onednn, fb16, fb8, g8, lib) -> dict:
         "onednn fp32": lambda: [torch.ops.mkldnn._linear_pointwise(xs[w.shape[1]], p, None, "none", [], "")
                                 for w, p in zip(weights, onednn)],
         "avx2-gemv fp32": lambda: [native.gemm_f32(lib, xs[w.shape[1]], w) for w in weights],
+        "avx2-packed fp32": lambda: [native.gemm_packed(lib, xs[w.shape[1]], p) for w, p in zip(weights, blocks)],
         "fbgemm fp16": lambda: [torch.ops.quantized.linear_dynamic_fp16(xs[w.shape[1]], p)
                                 for w, p in zip(weights, fb16)],
         "avx2-gemv fp16": lambda: [native.gemm_f16(lib, xs[w.shape[1]], w) for w in fp16],
+        "avx2-packed fp16": lambda: [native.gemm_packed(lib, xs[w.shape[1]], p) for w, p in zip(fp16, blocks16)],
         "fbgemm int8": lambda: [torch.ops.quantized.linear_dynamic(xs[w.shape[1]], p, True)
                                 for w, p in zip(weights, fb8)],
         "avx2-gemv int8": lambda: [native.gemm_i8(lib, xs[w.shape[1]], p) for w, p in zip(weights, g8)],
