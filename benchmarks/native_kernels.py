@@ -81,11 +81,11 @@ def products(xs, weights, fp16, onednn, fb16, fb8, g8, lib, blocks, blocks16) ->
         "mkl fp32": lambda: [F.linear(xs[w.shape[1]], w) for w in weights],
         "onednn fp32": lambda: [torch.ops.mkldnn._linear_pointwise(xs[w.shape[1]], p, None, "none", [], "")
                                 for w, p in zip(weights, onednn)],
-        "avx2-gemv fp32": lambda: [native.gemm_f32(lib, xs[w.shape[1]], w) for w in weights],
+        "avx2-gemv fp32": lambda: [native.gemm(lib, xs[w.shape[1]], w) for w in weights],
         "avx2-packed fp32": lambda: [native.gemm_packed(lib, xs[w.shape[1]], p) for w, p in zip(weights, blocks)],
         "fbgemm fp16": lambda: [torch.ops.quantized.linear_dynamic_fp16(xs[w.shape[1]], p)
                                 for w, p in zip(weights, fb16)],
-        "avx2-gemv fp16": lambda: [native.gemm_f16(lib, xs[w.shape[1]], w) for w in fp16],
+        "avx2-gemv fp16": lambda: [native.gemm(lib, xs[w.shape[1]], w) for w in fp16],
         "avx2-packed fp16": lambda: [native.gemm_packed(lib, xs[w.shape[1]], p) for w, p in zip(fp16, blocks16)],
         "fbgemm int8": lambda: [torch.ops.quantized.linear_dynamic(xs[w.shape[1]], p, True)
                                 for w, p in zip(weights, fb8)],

@@ -8,6 +8,7 @@ import torch
 
 from t5kit import T5Config
 from t5kit.kernels import install
+from t5kit.kernels.inference import attention as attention_module
 from t5kit.kernels.inference import native
 from t5kit.kernels.inference.attention import SMALL_QUERIES, InferenceAttention
 from t5kit.model import Attention
@@ -93,7 +94,7 @@ def test_decoding_queries_take_the_kernel_and_the_rest_the_plain_path(monkeypatc
     with torch.no_grad():
         layer.attend(q, k, v, bias)  # not in a decoding step (no forward with a cache yet): the plain path
         assert calls == []
-        layer.__dict__["_t5kit_decoding"] = True  # what forward() sets when it is given a cache
+        monkeypatch.setattr(attention_module._STEP, "decoding", True, raising=False)  # as forward() with a cache
         fast = layer.attend(q, k, v, bias)
     assert calls == [(2, 4, 1, 8)]
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)

@@ -53,8 +53,8 @@ def test_layouts_tails_and_formats_against_float64(rows):
         layer.weight.copy_(weight)
     store_int8(layer)
     cases = {
-        "f32": (native.gemm_f32(lib, base, weight), weight.double()),
-        "f16": (native.gemm_f16(lib, base, weight.half()), weight.half().double()),
+        "f32": (native.gemm(lib, base, weight), weight.double()),
+        "f16": (native.gemm(lib, base, weight.half()), weight.half().double()),
         "i8": (native.gemm_i8(lib, base, native.pack_int8(layer.weight_int8)), layer.weight_int8.dequantize().double()),
         # the blocked kernel: 37 columns are two full blocks of 16 and a partial one
         "packed f32": (native.gemm_packed(lib, base, native.pack_blocks(weight)), weight.double()),
@@ -66,5 +66,5 @@ def test_layouts_tails_and_formats_against_float64(rows):
         bound = (k + 2) * 2.0**-24 * (base.double().abs() @ w64.abs().T)
         assert y.shape == (rows, n) and y.dtype == torch.float32
         assert ((y.double() - exact).abs() <= bound).all(), name
-    y3 = native.gemm_f32(lib, base.contiguous().reshape(1, rows, k), weight)
+    y3 = native.gemm(lib, base.contiguous().reshape(1, rows, k), weight)
     assert y3.shape == (1, rows, n) and torch.equal(y3[0], cases["f32"][0])

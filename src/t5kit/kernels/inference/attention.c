@@ -9,13 +9,13 @@
  * every tensor is addressed through element strides, so broadcast dimensions (stride 0) and cache views work;
  * the last dimension of q, k and v must be contiguous. Scores are kept in a buffer of max_keys floats per thread.
  */
-#include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
+
+#include "simd.h"
 
 #define MAX_KEYS 4096
 
-static inline float dot(const float *a, const float *b, int64_t d) {
+ALWAYS_INLINE float dot(const float *a, const float *b, int64_t d) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= d; i += 16) {
@@ -23,18 +23,14 @@ static inline float dot(const float *a, const float *b, int64_t d) {
         acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
     }
     for (; i + 8 <= d; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    __m256 acc = _mm256_add_ps(acc0, acc1);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    float total = _mm_cvtss_f32(s);
+    float total = hsum(_mm256_add_ps(acc0, acc1));
     for (; i < d; i++) total += a[i] * b[i];
     return total;
 }
 
 /* e^x for 8 lanes: Cody-Waite reduction by ln 2 and Cephes' degree-6 polynomial (~1 ulp, like expf); inputs
  * below -87.3 (masked positions) give exactly 0. One expf call per score took most of a one-query call. */
-static inline __m256 exp8(__m256 x) {
+ALWAYS_INLINE __m256 exp8(__m256 x) {
     const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
     x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.37f)), _mm256_set1_ps(-87.3f));
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -69,10 +65,7 @@ static inline float exp_and_sum(float *scores, int64_t n, float top) {
     for (int64_t t = l; t < n; t++) scores[t] = tail[t - l];
     float total = 0.0f;
     for (int64_t t = 0; t < n - l; t++) total += tail[t];
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s) + total;
+    return hsum(acc) + total;
 }
 
 /* o[0:d] = sum_l p[l] * inverse * v[l, 0:d], 64 columns at a time held in 8 registers across all keys (adding
@@ -123,7 +116,7 @@ int t5kit_attention(const int64_t *p) {
     const int64_t pairs = batch * heads;
     /* below ~256k multiply-adds one thread finishes before a team would start (8 heads, 64 keys of 64: 22 us
        alone, 27 us with a second thread) */
-    const int team = pairs * queries * keys * d >= 262144 && threads > 1 ? threads : 1;
+    const int team = team_size(pairs * queries * keys * d, 262144, threads);
 #pragma omp parallel for schedule(static) num_threads(team)
     for (int64_t pair = 0; pair < pairs; pair++) {
         float scores[MAX_KEYS];

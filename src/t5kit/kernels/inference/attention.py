@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor, nn
 from torch.compiler import is_compiling as compiling
@@ -18,6 +20,10 @@ from t5kit.model.layers import Attention
 # Decoding steps attend with 1 query per row (beam search's cross attention: the item's beams); a prompt of
 # many queries goes to PyTorch's scaled_dot_product_attention, which is blocked for that.
 SMALL_QUERIES = 16
+# Whether this thread's current forward has a cache (a decoding step): forward() sets it, attend(), which forward()
+# calls, reads it. Per thread, not per module: the server scores on one thread while it decodes on another with
+# the same model.
+_STEP = threading.local()
 
 
 class InferenceAttention(Attention):
@@ -37,7 +43,7 @@ class InferenceAttention(Attention):
         """The plain ``attend`` (softmax(q k^T + bias) v, then ``o``), through t5kit's attention kernel in a
         decoding step (a call with a cache, a few float32 queries) when autograd does not record. A forward
         without a cache (training, scoring, the encoder) keeps PyTorch's attention and its rounding."""
-        if (not self.__dict__.get("_t5kit_decoding") or q.shape[2] > SMALL_QUERIES or q.dtype != torch.float32
+        if (not getattr(_STEP, "decoding", False) or q.shape[2] > SMALL_QUERIES or q.dtype != torch.float32
                 or q.device.type != "cpu"
                 or torch.is_grad_enabled() or (self.training and self.dropout.p) or compiling()):
             return super().attend(q, k, v, bias)
@@ -50,7 +56,7 @@ class InferenceAttention(Attention):
 
     def forward(self, x: Tensor, bias: Tensor, memory: Tensor | None = None, cache: DecoderCache | None = None,
                 layer: int = 0) -> Tensor:
-        self.__dict__["_t5kit_decoding"] = cache is not None  # read by attend(), which forward() calls
+        _STEP.decoding = cache is not None
         if self.cross or memory is not None or torch.is_grad_enabled() or compiling():
             return super().forward(x, bias, memory, cache, layer)
         fused = fused_for(self, "qkv", (self.q, self.k, self.v), x.numel() // x.shape[-1])

@@ -8,18 +8,9 @@
  * over k in order, so the rounding-error bound of t5kit.kernels.inference.linear.error_bound holds. Weights are
  * float32 or float16 (widened by F16C as they are loaded).
  */
-#include <immintrin.h>
-#include <stdint.h>
+#include "simd.h"
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
 #define BLOCK 16
-
-enum { P_F32 = 0, P_F16 = 1 };
-
-ALWAYS_INLINE __m256 load_packed(int fmt, const void *p, int64_t i) {
-    if (fmt == P_F32) return _mm256_loadu_ps((const float *)p + i);
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
-}
 
 /* R rows of x (row stride k) against packed block `block` ([k][16]); writes columns [col, col + width). */
 ALWAYS_INLINE void micro(int fmt, const int R, const float *x, const void *block, int64_t k, float *y, int64_t n,
@@ -28,7 +19,7 @@ ALWAYS_INLINE void micro(int fmt, const int R, const float *x, const void *block
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t i = 0; i < k; i++) {
-        const __m256 w0 = load_packed(fmt, block, i * BLOCK), w1 = load_packed(fmt, block, i * BLOCK + 8);
+        const __m256 w0 = load8(fmt, block, i * BLOCK), w1 = load8(fmt, block, i * BLOCK + 8);
 #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
             const __m256 xv = _mm256_broadcast_ss(x + r * k + i);
@@ -54,7 +45,7 @@ ALWAYS_INLINE void micro(int fmt, const int R, const float *x, const void *block
     static void NAME##_body(const float *x, const WTYPE *packed, float *y, int64_t rows, int64_t n, int64_t k, \
                             int threads) {                                                                    \
         const int64_t blocks = (n + BLOCK - 1) / BLOCK;                                                       \
-        const int team = rows * n * k >= 65536 && threads > 1 ? threads : 1;                                  \
+        const int team = team_size(rows * n * k, 65536, threads);                                             \
         _Pragma("omp parallel for schedule(static) num_threads(team)")                                        \
         for (int64_t b = 0; b < blocks; b++) {                                                                \
             const WTYPE *block = packed + b * k * BLOCK;                                                      \
@@ -76,5 +67,5 @@ ALWAYS_INLINE void micro(int fmt, const int R, const float *x, const void *block
     }
 
 /* The same packed argument array as gemv.c's entry points (x, packed weight, unused, y, rows, n, k, threads). */
-DEFINE_PACKED(t5kit_gemm_packed_f32, P_F32, float)
-DEFINE_PACKED(t5kit_gemm_packed_f16, P_F16, uint16_t)
+DEFINE_PACKED(t5kit_gemm_packed_f32, F32, float)
+DEFINE_PACKED(t5kit_gemm_packed_f16, F16, uint16_t)

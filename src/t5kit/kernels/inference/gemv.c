@@ -8,39 +8,14 @@
  *   f16: IEEE half weights (F16C widens them), float32 activations and accumulation;
  *   i8:  int8 weights with one float32 scale per output row, float32 activations (weight-only int8).
  * Accumulation is float32 in any order (8 lanes, then a horizontal sum): the rounding-error bound of
- * t5kit.kernels.inference.linear.error_bound holds. Built at first use by t5kit.kernels.inference.gemv with the
+ * t5kit.kernels.inference.linear.error_bound holds. Built at first use by t5kit.kernels.inference.native with the
  * system's C compiler; OpenMP binds to the libgomp PyTorch has loaded (same soname), so its threads are
  * PyTorch's and the thread count is passed in by the caller (torch.get_num_threads()).
  */
-#include <immintrin.h>
-#include <stdint.h>
-
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-enum { F32 = 0, F16 = 1, I8 = 2 };
-
-ALWAYS_INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-ALWAYS_INLINE __m256 load8(int fmt, const void *w, int64_t i) {
-    if (fmt == F32) return _mm256_loadu_ps((const float *)w + i);
-    if (fmt == F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))));
-}
-
-ALWAYS_INLINE float load1(int fmt, const void *w, int64_t i) {
-    if (fmt == F32) return ((const float *)w)[i];
-    if (fmt == F16) return _cvtsh_ss(((const uint16_t *)w)[i]);
-    return (float)((const int8_t *)w)[i];
-}
+#include "simd.h"
 
 ALWAYS_INLINE const void *row_of(int fmt, const void *w, int64_t n, int64_t k) {
-    int64_t bytes = fmt == F32 ? 4 : fmt == F16 ? 2 : 1;
-    return (const char *)w + n * k * bytes;
+    return (const char *)w + n * k * bytes_of(fmt);
 }
 
 /* Fetch as many bytes of the next tile's weight rows (contiguous after this tile's) as columns [i, i + step) of
@@ -48,7 +23,7 @@ ALWAYS_INLINE const void *row_of(int fmt, const void *w, int64_t n, int64_t k) {
  * fp32 13.3 -> 14.4 GB/s at one row; fetching 2 or 4 tiles ahead measured the same as 1). */
 ALWAYS_INLINE void prefetch_next_tile(int fmt, const void *w, const int NT, int64_t n0, int64_t n, int64_t k,
                                       int64_t i, const int64_t step) {
-    const int64_t bytes = fmt == F32 ? 4 : fmt == F16 ? 2 : 1;
+    const int64_t bytes = bytes_of(fmt);
     const char *ahead = (const char *)row_of(fmt, w, n0 + NT, k);
     const int64_t ahead_bytes = (n0 + 2 * NT <= n ? NT : 0) * k * bytes;
 #pragma GCC unroll 8
@@ -155,7 +130,7 @@ ALWAYS_INLINE void columns(int fmt, const int NT, const float *x, const void *w,
         const int64_t nt = rows <= 2 ? 4 : 2;                                                                   \
         const int64_t tiles = n / nt;                                                                           \
         /* below ~64k multiply-adds the team's wake-up costs more than a second thread gives */                 \
-        const int team = rows * n * k >= 65536 && threads > 1 ? threads : 1;                                    \
+        const int team = team_size(rows * n * k, 65536, threads);                                               \
         _Pragma("omp parallel for schedule(static) num_threads(team)")                                          \
         for (int64_t t = 0; t < tiles; t++) {                                                                   \
             if (nt == 4) columns(FMT, 4, x, w, scale, y, rows, t * 4, n, k);                                    \

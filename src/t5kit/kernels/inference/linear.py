@@ -22,7 +22,8 @@ head at 1 row 1.4 ms with MKL, 1.5 ms with oneDNN; at 4 rows 2.8 ms against 1.5 
   fp32, what an unconfigured PyTorch does); ``auto`` (the default) chooses by timing.
 
 The candidates are PyTorch's own kernels (MKL, oneDNN, fbgemm) and, where the CPU has AVX2 and a C compiler is
-present, t5kit's native small-row kernels (:mod:`t5kit.kernels.inference.native`, ``gemv.c``).
+present, t5kit's native kernels (:mod:`t5kit.kernels.inference.native`: ``gemv.c`` for few rows, ``gemm_packed.c``
+on packed weights for more).
 
 Weight formats: ``fp32`` and ``bf16`` use the layer's own ``weight``; the inference copies of
 :mod:`t5kit.kernels.inference.precision` add ``fp16`` (fp16 storage, fp32 compute: half the bytes a batch-1
@@ -140,36 +141,18 @@ def _onednn_int8(x: Tensor, packed: Any) -> Tensor:
     return torch.ops.quantized.linear_dynamic(x, packed, False)
 
 
-def _gemv_available() -> bool:
+def _native_available() -> bool:
     return native.library() is not None
 
 
-def _gemv_pack(weight: Tensor) -> tuple[Any, Tensor]:
-    return native.library(), weight.detach().contiguous()
+def _native(prepare: Callable[[Tensor], Any], call: Callable[..., Tensor]) -> tuple[Callable, Callable]:
+    """(pack, run) of a native kernel: the pack holds the library beside the weight ``prepare`` made for it."""
+    return (lambda weight: (native.library(), prepare(weight)),
+            lambda x, packed: call(packed[0], x, packed[1]))
 
 
-def _gemv_int8_pack(qweight: Tensor) -> tuple[Any, tuple[Tensor, Tensor]]:
-    return native.library(), native.pack_int8(qweight)
-
-
-def _packed_pack(weight: Tensor) -> tuple[Any, tuple[Tensor, int]]:
-    return native.library(), native.pack_blocks(weight)
-
-
-def _packed_run(x: Tensor, packed: tuple[Any, tuple[Tensor, int]]) -> Tensor:
-    return native.gemm_packed(packed[0], x, packed[1])
-
-
-def _gemv_f32(x: Tensor, packed: tuple[Any, Tensor]) -> Tensor:
-    return native.gemm_f32(packed[0], x, packed[1])
-
-
-def _gemv_f16(x: Tensor, packed: tuple[Any, Tensor]) -> Tensor:
-    return native.gemm_f16(packed[0], x, packed[1])
-
-
-def _gemv_i8(x: Tensor, packed: tuple[Any, tuple[Tensor, Tensor]]) -> Tensor:
-    return native.gemm_i8(packed[0], x, packed[1])
+def _contiguous(weight: Tensor) -> Tensor:
+    return weight.detach().contiguous()
 
 
 def _onednn_bf16_available() -> bool:
@@ -223,12 +206,12 @@ CANDIDATES: tuple[Candidate, ...] = (
     # t5kit's own AVX2 kernels for few rows (gemv.c): on a 2-core AMD EPYC (Zen 3), t5-small's 49 decoder
     # weights and head at one row 12.1-13.7 ms against oneDNN's 18.6 and MKL's 25.3 (fp32, no copy of the
     # weight), 5.9 ms against fbgemm's 8.4 (fp16), 3.2-3.4 ms (int8 weights, float32 activations)
-    Candidate("avx2-gemv", "fp32", _gemv_pack, _gemv_f32, _gemv_available,
+    Candidate("avx2-gemv", "fp32", *_native(_contiguous, native.gemm), _native_available,
               "t5kit's AVX2 kernel for 1-16 rows (gemv.c)", buckets=(1, 4, 16)),
     # t5kit's register-blocked kernel on a weight packed in blocks of 16 columns (gemm_packed.c): t5-small's
     # weights at 16 rows 16.3 ms a pass against oneDNN's 26.2 and avx2-gemv's 22.0 (76 against 47 GFLOP/s,
     # 2-core AMD EPYC); it holds a packed copy of the weight, so the 10% margin applies
-    Candidate("avx2-packed", "fp32", _packed_pack, _packed_run, _gemv_available,
+    Candidate("avx2-packed", "fp32", *_native(native.pack_blocks, native.gemm_packed), _native_available,
               "t5kit's AVX2 kernel on a weight packed in 16-column blocks (gemm_packed.c)",
               buckets=(4, 16, 64, 256)),
     Candidate("aten-bf16", "bf16", _same, _dense, lambda: True, "PyTorch's bf16 F.linear"),
@@ -236,16 +219,16 @@ CANDIDATES: tuple[Candidate, ...] = (
               "oneDNN with a prepacked bf16 weight"),
     Candidate("fbgemm-fp16", "fp16", _fp16_pack, _fp16, _engine("fbgemm"),
               "fbgemm: fp16 weights, fp32 activations and accumulation"),
-    Candidate("avx2-gemv-fp16", "fp16", _gemv_pack, _gemv_f16, _gemv_available,
+    Candidate("avx2-gemv-fp16", "fp16", *_native(_contiguous, native.gemm), _native_available,
               "t5kit's AVX2 kernel: fp16 weights widened in registers, fp32 activations", buckets=(1, 4, 16)),
     # 4 / 16 rows: 6.6 / 12.9 ms a pass over t5-small's weights against fbgemm's 9.5 / 15.8 (2-core AMD EPYC)
-    Candidate("avx2-packed-fp16", "fp16", _packed_pack, _packed_run, _gemv_available,
+    Candidate("avx2-packed-fp16", "fp16", *_native(native.pack_blocks, native.gemm_packed), _native_available,
               "t5kit's AVX2 kernel on fp16 weights packed in 16-column blocks", buckets=(4, 16, 64, 256)),
     Candidate("fbgemm-int8", "int8", _int8_packer("fbgemm"), _fbgemm_int8, _engine("fbgemm"),
               "fbgemm: int8 weights, activations quantized per call (7-bit)"),
     Candidate("onednn-int8", "int8", _int8_packer("onednn"), _onednn_int8, _onednn_int8_available,
               "oneDNN: int8 weights, activations quantized per call"),
-    Candidate("avx2-gemv-int8", "int8", _gemv_int8_pack, _gemv_i8, _gemv_available,
+    Candidate("avx2-gemv-int8", "int8", *_native(native.pack_int8, native.gemm_i8), _native_available,
               "t5kit's AVX2 kernel: int8 weights widened in registers, fp32 activations", buckets=(1, 4, 16)),
 )
 _BY_NAME = {c.name: c for c in CANDIDATES}

@@ -9,12 +9,13 @@ fp16 / int8 (see ``benchmarks/README.md``). They are candidates of :mod:`t5kit.k
 any other kernel: timed against the rest on the layer's own weight and checked against its rounding-error bound,
 used only where they win.
 
-The C source is compiled at first use with the system's C compiler (``$CC``, else ``cc`` / ``gcc``) into
-``<cache dir>/kernels/gemv-<hash>.so`` (the hash covers the source, the flags and the compiler's version, so an
-edit or a new compiler builds anew), written atomically, and loaded with ``ctypes``: a plain C library, no
-Python headers, ~5 s to build once per machine. Where there is no compiler or the CPU lacks AVX2 / FMA / F16C,
-:func:`unavailable` says why and the other kernels serve. ``gemv.c`` uses OpenMP; the library needs libgomp by
-its soname, which the process already has from PyTorch, so its threads are PyTorch's own pool.
+The C sources (and ``simd.h``, what they share) are compiled at first use with the system's C compiler (``$CC``,
+else ``cc`` / ``gcc``) into ``<cache dir>/kernels/t5kit-kernels-<hash>.so`` (the hash covers the sources, the
+flags and the compiler's version, so an edit or a new compiler builds anew), written atomically, and loaded with
+``ctypes``: a plain C library, no Python headers, ~5 s to build once per machine. Where there is no compiler or
+the CPU lacks AVX2 / FMA / F16C, :func:`unavailable` says why and the other kernels serve. The kernels use
+OpenMP; the library needs libgomp by its soname, which the process already has from PyTorch, so its threads are
+PyTorch's own pool.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from t5kit.kernels.inference.cpu import cpu_flags
 
 CACHE_ENV = "T5KIT_CACHE_DIR"
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "gemm_packed.c", "attention.c"))
+HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources: part of a build's hash
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx2", "fma", "f16c")
 ABI = 2  # t5kit_gemv_abi() of the source this module's signatures match
 COMPILE_TIMEOUT_S = 300
-_INT = ctypes.c_int
 _GEMM_ARGS = struct.Struct("8q").pack
 _ATTENTION_ARGS = struct.Struct("24q").pack
 
@@ -59,10 +60,8 @@ def kernel_dir() -> Path:
 
 
 def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in (os.environ.get("CC"), "cc", "gcc") if name)
+    return next((path for path in found if path), None)
 
 
 def _compiler_version(compiler: str) -> str:
@@ -81,7 +80,7 @@ def build(directory: Path) -> Path:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     digest = hashlib.sha256(source + " ".join(FLAGS).encode() + _compiler_version(compiler).encode()).hexdigest()
     target = directory / f"t5kit-kernels-{digest[:16]}.so"
     if target.exists():
@@ -116,10 +115,11 @@ class _Library:
                      "t5kit_gemm_packed_f16"):
             getattr(lib, name).argtypes = [ctypes.c_char_p]
             getattr(lib, name).restype = None
-        self.f32, self.f16, self.i8 = lib.t5kit_gemm_f32, lib.t5kit_gemm_f16, lib.t5kit_gemm_i8
-        self.packed_f32, self.packed_f16 = lib.t5kit_gemm_packed_f32, lib.t5kit_gemm_packed_f16
+        self.i8 = lib.t5kit_gemm_i8
+        self.float = {torch.float32: lib.t5kit_gemm_f32, torch.float16: lib.t5kit_gemm_f16}  # by weight dtype
+        self.packed = {torch.float32: lib.t5kit_gemm_packed_f32, torch.float16: lib.t5kit_gemm_packed_f16}
         lib.t5kit_attention.argtypes = [ctypes.c_char_p]
-        lib.t5kit_attention.restype = _INT
+        lib.t5kit_attention.restype = ctypes.c_int
         self.attention = lib.t5kit_attention
         self.max_keys = lib.t5kit_attention_max_keys()
         self.path = path
@@ -158,19 +158,12 @@ def _out(x: Tensor, n: int) -> tuple[Tensor, Tensor, int]:
     return x2, torch.empty(*x.shape[:-1], n, dtype=torch.float32), x2.shape[0]
 
 
-def gemm_f32(lib: _Library, x: Tensor, weight: Tensor) -> Tensor:
-    """``x @ weight.T`` with a contiguous float32 weight."""
+def gemm(lib: _Library, x: Tensor, weight: Tensor) -> Tensor:
+    """``x @ weight.T`` with a contiguous float32 or float16 weight (widened in registers; float32 accumulation)."""
     n, k = weight.shape
     x2, y, rows = _out(x, n)
-    lib.f32(_GEMM_ARGS(x2.data_ptr(), weight.data_ptr(), 0, y.data_ptr(), rows, n, k, torch.get_num_threads()))
-    return y
-
-
-def gemm_f16(lib: _Library, x: Tensor, weight: Tensor) -> Tensor:
-    """``x @ weight.T`` with a contiguous float16 weight, widened in registers; float32 accumulation."""
-    n, k = weight.shape
-    x2, y, rows = _out(x, n)
-    lib.f16(_GEMM_ARGS(x2.data_ptr(), weight.data_ptr(), 0, y.data_ptr(), rows, n, k, torch.get_num_threads()))
+    lib.float[weight.dtype](_GEMM_ARGS(x2.data_ptr(), weight.data_ptr(), 0, y.data_ptr(), rows, n, k,
+                                       torch.get_num_threads()))
     return y
 
 
@@ -191,8 +184,8 @@ def gemm_packed(lib: _Library, x: Tensor, packed: tuple[Tensor, int]) -> Tensor:
     blocks, n = packed
     k = blocks.shape[1]
     x2, y, rows = _out(x, n)
-    run = lib.packed_f32 if blocks.dtype == torch.float32 else lib.packed_f16
-    run(_GEMM_ARGS(x2.data_ptr(), blocks.data_ptr(), 0, y.data_ptr(), rows, n, k, torch.get_num_threads()))
+    lib.packed[blocks.dtype](_GEMM_ARGS(x2.data_ptr(), blocks.data_ptr(), 0, y.data_ptr(), rows, n, k,
+                                        torch.get_num_threads()))
     return y
 
 
