@@ -1,6 +1,7 @@
-"""Self-attention's q, k and v from one linear call in inference, where that pays (replaces
-:meth:`t5kit.model.layers.Attention.forward` for self-attention outside autograd; see
-:mod:`t5kit.kernels.inference.fused`). A t5-small decoding step then makes 12 linear calls fewer (49 -> 37).
+"""Inference attention (replaces :meth:`t5kit.model.layers.Attention.forward` and ``attend`` outside autograd):
+self-attention's q, k and v from one linear call where that pays (see :mod:`t5kit.kernels.inference.fused`; a
+t5-small decoding step then makes 12 linear calls fewer, 49 -> 37), and a decoding step's attention through
+t5kit's native kernel (``attention.c``, :mod:`t5kit.kernels.inference.native`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ _STEP = threading.local()
 
 
 class InferenceAttention(Attention):
-    """:class:`Attention` whose self-attention, when autograd does not record, projects q, k, v in one call."""
+    """:class:`Attention` whose self-attention, when autograd does not record, projects q, k, v in one call, and
+    whose decoding steps attend through the native kernel."""
 
     def fused_projection(self) -> BackendLinear | None:
         """The q/k/v copy of this self-attention (built or rebuilt as its weights require), or None."""
