@@ -21,9 +21,9 @@ from t5kit.model.layers import Attention
 # Decoding steps attend with 1 query per row (beam search's cross attention: the item's beams); a prompt of
 # many queries goes to PyTorch's scaled_dot_product_attention, which is blocked for that.
 SMALL_QUERIES = 16
-# Whether this thread's current forward has a cache (a decoding step): forward() sets it, attend(), which forward()
-# calls, reads it. Per thread, not per module: the server scores on one thread while it decodes on another with
-# the same model.
+# Whether this thread's current forward has a cache (a decoding step): forward() sets it for its own duration,
+# attend(), which forward() calls, reads it. Per thread, not per module: the server scores on one thread while it
+# decodes on another with the same model.
 _STEP = threading.local()
 
 
@@ -58,7 +58,15 @@ class InferenceAttention(Attention):
 
     def forward(self, x: Tensor, bias: Tensor, memory: Tensor | None = None, cache: DecoderCache | None = None,
                 layer: int = 0) -> Tensor:
+        outer = getattr(_STEP, "decoding", False)
         _STEP.decoding = cache is not None
+        try:
+            return self._forward(x, bias, memory, cache, layer)
+        finally:  # scoped to this call: an attend() outside a forward is not a decoding step
+            _STEP.decoding = outer
+
+    def _forward(self, x: Tensor, bias: Tensor, memory: Tensor | None, cache: DecoderCache | None,
+                 layer: int) -> Tensor:
         if self.cross or memory is not None or torch.is_grad_enabled() or compiling():
             return super().forward(x, bias, memory, cache, layer)
         fused = fused_for(self, "qkv", (self.q, self.k, self.v), x.numel() // x.shape[-1])
