@@ -8,7 +8,6 @@ import torch
 
 from t5kit import T5Config
 from t5kit.kernels import install
-from t5kit.kernels.inference import attention as attention_module
 from t5kit.kernels.inference import native
 from t5kit.kernels.inference.attention import SMALL_QUERIES, InferenceAttention
 from t5kit.model import Attention
@@ -92,18 +91,17 @@ def test_decoding_queries_take_the_kernel_and_the_rest_the_plain_path(monkeypatc
     bias = torch.randn(1, 4, 1, 6)
     plain = Attention.attend(layer, q, k, v, bias)
     with torch.no_grad():
-        layer.attend(q, k, v, bias)  # not in a decoding step (no forward with a cache yet): the plain path
+        layer.attend(q, k, v, bias)  # not a decoding step (a forward without a cache): the plain path
         assert calls == []
-        monkeypatch.setattr(attention_module._STEP, "decoding", True, raising=False)  # as forward() with a cache
-        fast = layer.attend(q, k, v, bias)
+        fast = layer.attend(q, k, v, bias, step=True)  # as forward() with a cache calls it
     assert calls == [(2, 4, 1, 8)]
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
     calls.clear()
     many = torch.randn(2, 4, SMALL_QUERIES + 1, 8)  # a prompt: scaled_dot_product_attention
     with torch.no_grad():
-        layer.attend(many, k, v, bias)
+        layer.attend(many, k, v, bias, step=True)
         long = native.library().max_keys + 1  # more keys than the kernel's score buffer
-        layer.attend(q, torch.randn(2, 4, long, 8), torch.randn(2, 4, long, 8), None)
+        layer.attend(q, torch.randn(2, 4, long, 8), torch.randn(2, 4, long, 8), None, step=True)
     grad_q = q.clone().requires_grad_()
-    layer.attend(grad_q, k, v, bias).sum().backward()  # autograd records: the plain path, with gradients
+    layer.attend(grad_q, k, v, bias, step=True).sum().backward()  # autograd records: the plain path, with gradients
     assert calls == [] and grad_q.grad is not None

@@ -188,8 +188,11 @@ class Attention(nn.Module):
         """[batch, length, heads * d_kv] -> [batch, heads, length, d_kv]"""
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.d_kv).transpose(1, 2)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        """softmax(q k^T + bias) v over heads [batch, heads, length, d_kv], then the output projection."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, step: bool = False) -> Tensor:
+        """softmax(q k^T + bias) v over heads [batch, heads, length, d_kv], then the output projection.
+
+        ``step``: this is a decoding step (a forward with a cache). The computation is the same either way;
+        an inference subclass may attend through a kernel made for that case."""
         p = self.dropout.p if self.training else 0.0
         if p:
             check_dropout_rate(p)
@@ -206,15 +209,15 @@ class Attention(nn.Module):
             return self.attend(self.heads(q), self.heads(self.k(source)), self.heads(self.v(source)), bias)
         if not self.cross:
             k, v = cache.update(layer, self.heads(self.k(x)), self.heads(self.v(x)))
-            return self.attend(self.heads(q), k, v, bias)
+            return self.attend(self.heads(q), k, v, bias, step=True)
         k, v = cache.cross_k[layer], cache.cross_v[layer]
         if cache.beams == 1:
-            return self.attend(self.heads(q), k, v, cache.cross_bias)
+            return self.attend(self.heads(q), k, v, cache.cross_bias, step=True)
         # The beams of an item are the queries of one attention over that item's encoder output: the cross
         # keys/values are stored once per item, never copied per beam.
         rows, new = q.shape[0], q.shape[1]
         q = q.view(rows // cache.beams, cache.beams * new, self.num_heads, self.d_kv).transpose(1, 2)
-        return self.attend(q, k, v, cache.cross_bias).view(rows, new, -1)
+        return self.attend(q, k, v, cache.cross_bias, step=True).view(rows, new, -1)
 
 
 # ---------------------------------------------------------------------------------------------- feed-forward

@@ -6,8 +6,6 @@ t5kit's native kernel (``attention.c``, :mod:`t5kit.kernels.inference.native`).
 
 from __future__ import annotations
 
-import threading
-
 import torch
 from torch import Tensor, nn
 from torch.compiler import is_compiling as compiling
@@ -21,10 +19,6 @@ from t5kit.model.layers import Attention
 # Decoding steps attend with 1 query per row (beam search's cross attention: the item's beams); a prompt of
 # many queries goes to PyTorch's scaled_dot_product_attention, which is blocked for that.
 SMALL_QUERIES = 16
-# Whether this thread's current forward has a cache (a decoding step): forward() sets it for its own duration,
-# attend(), which forward() calls, reads it. Per thread, not per module: the server scores on one thread while it
-# decodes on another with the same model.
-_STEP = threading.local()
 
 
 class InferenceAttention(Attention):
@@ -41,32 +35,22 @@ class InferenceAttention(Attention):
         self.fused_projection()
         return held_copies(self)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, step: bool = False) -> Tensor:
         """The plain ``attend`` (softmax(q k^T + bias) v, then ``o``), through t5kit's attention kernel in a
-        decoding step (a call with a cache, a few float32 queries) when autograd does not record. A forward
-        without a cache (training, scoring, the encoder) keeps PyTorch's attention and its rounding."""
-        if (not getattr(_STEP, "decoding", False) or q.shape[2] > SMALL_QUERIES or q.dtype != torch.float32
-                or q.device.type != "cpu"
+        decoding step (``step``: a call with a cache, a few float32 queries) when autograd does not record. A
+        forward without a cache (training, scoring, the encoder) keeps PyTorch's attention and its rounding."""
+        if (not step or q.shape[2] > SMALL_QUERIES or q.dtype != torch.float32 or q.device.type != "cpu"
                 or torch.is_grad_enabled() or (self.training and self.dropout.p) or compiling()):
-            return super().attend(q, k, v, bias)
+            return super().attend(q, k, v, bias, step)
         lib = native.library()
         if (lib is None or k.shape[2] > lib.max_keys or k.dtype != q.dtype or v.dtype != q.dtype
                 or (bias is not None and (bias.dtype != q.dtype or bias.dim() != 4))):
-            return super().attend(q, k, v, bias)
+            return super().attend(q, k, v, bias, step)
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         return self.o(native.attention(lib, q, k, v, bias))
 
     def forward(self, x: Tensor, bias: Tensor, memory: Tensor | None = None, cache: DecoderCache | None = None,
                 layer: int = 0) -> Tensor:
-        outer = getattr(_STEP, "decoding", False)
-        _STEP.decoding = cache is not None
-        try:
-            return self._forward(x, bias, memory, cache, layer)
-        finally:  # scoped to this call: an attend() outside a forward is not a decoding step
-            _STEP.decoding = outer
-
-    def _forward(self, x: Tensor, bias: Tensor, memory: Tensor | None, cache: DecoderCache | None,
-                 layer: int) -> Tensor:
         if self.cross or memory is not None or torch.is_grad_enabled() or compiling():
             return super().forward(x, bias, memory, cache, layer)
         fused = fused_for(self, "qkv", (self.q, self.k, self.v), x.numel() // x.shape[-1])
@@ -76,7 +60,7 @@ class InferenceAttention(Attention):
         if cache is None:
             return self.attend(self.heads(q), self.heads(k), self.heads(v), bias)
         k, v = cache.update(layer, self.heads(k), self.heads(v))
-        return self.attend(self.heads(q), k, v, bias)
+        return self.attend(self.heads(q), k, v, bias, step=True)
 
     def __getstate__(self) -> dict:
         return without_copies(self.__dict__)
