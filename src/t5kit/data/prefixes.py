@@ -29,6 +29,10 @@ SUMMARIZE = "summarize: "
 QUESTION = "question: "
 CONTEXT = " context: "  # between the question and its passage in extractive QA
 DEFINE = "define: "
+# The Debian-section classification of package descriptions (t5kit.data.corpora.ddtp): a classification task
+# with prefix "debian section" over the text field "description" writes this, as the paper's GLUE tasks write
+# "cola sentence: ".
+DEBIAN_SECTION = "debian section description: "
 
 PREFIXES: dict[str, str] = {
     "translate_en_de": translation_prefix("en", "de"),
@@ -37,8 +41,10 @@ PREFIXES: dict[str, str] = {
     "summarize": SUMMARIZE,
     "question": QUESTION,
     "define": DEFINE,
+    "debian_section": DEBIAN_SECTION,
 }
-"""Named task presets: the prefixes T5 was trained with (and that t5kit.data's task kinds write)."""
+"""Named task presets: the prefixes T5 was trained with (and that t5kit.data's task kinds write), and the
+built-in model's Debian-section classification."""
 
 
 def model_tasks(config: Any) -> dict[str, dict[str, Any]]:
