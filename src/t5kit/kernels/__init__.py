@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from t5kit.kernels.inference.attention import InferenceAttention
+from t5kit.kernels.inference.decoder import InferenceDecoderLayer
 from t5kit.kernels.inference.feedforward import InferenceFeedForward
 from t5kit.kernels.inference.fused import forget_fused
 from t5kit.kernels.inference.linear import BackendLinear, forget_plans
@@ -33,7 +34,7 @@ from t5kit.kernels.training.dropout import FastDropout
 from t5kit.kernels.training.feedforward import TrainingFeedForward
 from t5kit.kernels.training.head import TrainingT5Model
 from t5kit.kernels.training.norm import TrainingRMSNorm
-from t5kit.model import Attention, Dropout, FeedForward, RMSNorm, T5Model
+from t5kit.model import Attention, DecoderLayer, Dropout, FeedForward, RMSNorm, T5Model
 
 MODES = ("train", "inference")
 
@@ -66,6 +67,8 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel(Attention, InferenceAttention, "inference", ("cpu",), "float32, bfloat16; the fp16 / int8 copies"),
     Kernel(FeedForward, InferenceFeedForward, "inference", ("cpu",), "float32, bfloat16; the fp16 / int8 copies"),
     Kernel(nn.Linear, BackendLinear, "inference", ("cpu",), "float32, bfloat16; the fp16 / int8 inference copies"),
+    # a decoding step's residual adds and norms, one native call each (t5kit.kernels.inference.decoder)
+    Kernel(DecoderLayer, InferenceDecoderLayer, "inference", ("cpu",), "float32 activations"),
 )
 
 _COMBINED: dict[tuple[type, ...], type] = {}

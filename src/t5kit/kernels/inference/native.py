@@ -35,14 +35,15 @@ from torch import Tensor
 from t5kit.kernels.inference.cpu import cpu_flags
 
 CACHE_ENV = "T5KIT_CACHE_DIR"
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "gemm_packed.c", "attention.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "gemm_packed.c", "attention.c", "norm.c"))
 HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources: part of a build's hash
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx2", "fma", "f16c")
-ABI = 2  # t5kit_gemv_abi() of the source this module's signatures match
+ABI = 3  # t5kit_gemv_abi() of the source this module's signatures match
 COMPILE_TIMEOUT_S = 300
 _GEMM_ARGS = struct.Struct("8q").pack
 _ATTENTION_ARGS = struct.Struct("24q").pack
+_NORM_ARGS = struct.Struct("7qd").pack
 
 
 def cache_root() -> Path:
@@ -122,6 +123,9 @@ class _Library:
         lib.t5kit_attention.restype = ctypes.c_int
         self.attention = lib.t5kit_attention
         self.max_keys = lib.t5kit_attention_max_keys()
+        lib.t5kit_add_rms_norm.argtypes = [ctypes.c_char_p]
+        lib.t5kit_add_rms_norm.restype = None
+        self.add_rms_norm = lib.t5kit_add_rms_norm
         self.path = path
 
 
@@ -223,3 +227,15 @@ def attention(lib: _Library, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | Non
     if status != 0:
         raise ValueError(f"{keys} keys: t5kit's attention kernel takes at most {lib.max_keys}")
     return out
+
+
+def add_rms_norm(lib: _Library, x: Tensor, h: Tensor | None, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(s, norm(s))`` with ``s = x + h`` (``x`` itself when ``h`` is None) and T5's RMS norm with ``weight``,
+    in one call. The caller guarantees contiguous float32 CPU tensors of one shape (..., n) and an [n] weight."""
+    n = x.shape[-1]
+    rows = x.numel() // n
+    y = torch.empty_like(x)
+    s = x if h is None else torch.empty_like(x)
+    lib.add_rms_norm(_NORM_ARGS(x.data_ptr(), 0 if h is None else h.data_ptr(), weight.data_ptr(),
+                                0 if h is None else s.data_ptr(), y.data_ptr(), rows, n, float(eps)))
+    return s, y
