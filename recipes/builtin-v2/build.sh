@@ -6,7 +6,7 @@
 #
 # Stages: import corpora, held out by package (gettext catalogues, DDTP descriptions via `apt-get update`,
 # WordNet, English text) -> SentencePiece vocabulary -> span-corruption pre-training on the English text ->
-# fine-tuning on the seven-task mixture of tasks.yaml -> `t5kit convert --dtype bf16` -> `t5kit eval` on the
+# fine-tuning on the seven-task mixture of tasks.yaml (two phases) -> `t5kit convert --dtype bf16` -> `t5kit eval` on the
 # TEST splits -> baselines (copy the input, lead words, majority class) scored by the same evaluate().
 # Everything lands in $WORK; the last stage leaves $WORK/model ready to ship and $WORK/scores.md.
 set -euo pipefail
@@ -77,12 +77,18 @@ $T5KIT pretrain "$HERE/pretrain.yaml" --out "$WORK/pretrain" $(resume "$WORK/pre
 PRETRAINED="$(ls -d "$WORK"/pretrain/step-* | sort -V | tail -1)"
 stamp "pre-trained: $PRETRAINED"
 
-# -- 4. fine-tuning on the seven-task mixture ---------------------------------------------------------------
-$T5KIT train "$HERE/finetune.yaml" --out "$WORK/finetune" $(resume "$WORK/finetune") \
-  --set model.checkpoint="$PRETRAINED" --set data.tokenizer="$WORK/tokenizer" \
-  --set data.tasks_file="$WORK/tasks.yaml" --set train.threads="$THREADS"
-FINETUNED="$(ls -d "$WORK"/finetune/step-* | sort -V | tail -1)"
-stamp "fine-tuned: $FINETUNED"
+# -- 4. fine-tuning on the seven-task mixture, two phases ---------------------------------------------------
+# finetune CONFIG OUT FROM: one phase from checkpoint FROM (resumed if OUT has checkpoints); prints its last one.
+finetune() {
+  $T5KIT train "$HERE/$1" --out "$WORK/$2" $(resume "$WORK/$2") \
+    --set model.checkpoint="$3" --set data.tokenizer="$WORK/tokenizer" \
+    --set data.tasks_file="$WORK/tasks.yaml" --set train.threads="$THREADS" >&2
+  ls -d "$WORK/$2"/step-* | sort -V | tail -1
+}
+PHASE1="$(finetune finetune.yaml finetune "$PRETRAINED")"
+stamp "fine-tuned, phase 1: $PHASE1"
+FINETUNED="$(finetune finetune2.yaml finetune2 "$PHASE1")"
+stamp "fine-tuned, phase 2: $FINETUNED"
 
 # -- 5. the shippable directory: bf16 weights (t5kit loads them back as fp32), vocabulary, task params ----
 if [ ! -f "$WORK/model/model.safetensors" ]; then
