@@ -1,6 +1,7 @@
 """t5kit's native kernels: ``gemv.c`` (fp32, fp16-weight and int8-weight products for 1-16 rows),
-``gemm_packed.c`` (fp32 / fp16 weights packed in 16-column blocks, for 4-256 rows) and ``attention.c`` (attention
-for a few queries), one C library built here.
+``gemm_packed.c`` (fp32 / fp16 weights packed in 16-column blocks, for 4-256 rows), ``attention.c`` (attention
+for a few queries) and ``norm.c`` (a decoding step's residual add and RMS norm, :mod:`.decoder`), one C library
+built here.
 
 Why (issue #17): at one row a decoding step streams its weights from DRAM, and on a 2-core AMD EPYC (Zen 3,
 AVX2) every kernel PyTorch offers streams t5-small's 49 one-row products at 6-12 GB/s; these read them at

@@ -1,5 +1,5 @@
-/* What t5kit's native kernels (gemv.c, gemm_packed.c, attention.c) share: the weight formats and how 8 of them
- * are widened to float32 lanes, the horizontal sum, and the rule for how many threads a call gets. */
+/* What t5kit's native kernels (gemv.c, gemm_packed.c, attention.c, norm.c) share: the weight formats and how 8
+ * of them are widened to float32 lanes, the horizontal sum, and the rule for how many threads a call gets. */
 #ifndef T5KIT_SIMD_H
 #define T5KIT_SIMD_H
 
