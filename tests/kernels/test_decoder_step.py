@@ -13,11 +13,12 @@ from t5kit.generate import generate
 from t5kit.kernels import install
 from t5kit.kernels.inference import native
 from t5kit.kernels.inference.decoder import SMALL_ROWS, InferenceDecoderLayer
+from t5kit.kernels.inference.linear import UNIT_ROUNDOFF
 from t5kit.model import DecoderLayer
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native kernels here: {native.unavailable()}")
 
-U = 2.0**-24  # float32's unit roundoff
+U = UNIT_ROUNDOFF["fp32"]
 EPS = 1e-6
 
 

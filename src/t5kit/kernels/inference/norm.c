@@ -18,7 +18,7 @@ ALWAYS_INLINE double hsum_pd(__m256d v) {
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
-/* p: x, h (0: none), w, s_out (0: do not write the sum), y_out, rows, n, eps (the bits of a double) */
+/* p: x, h (0: none), w, s_out (the sum; with h only), y_out, rows, n, eps (the bits of a double) */
 void t5kit_add_rms_norm(const int64_t *p) {
     const float *x = (const float *)p[0], *h = (const float *)p[1], *w = (const float *)p[2];
     float *s_out = (float *)p[3], *y = (float *)p[4];
@@ -27,37 +27,30 @@ void t5kit_add_rms_norm(const int64_t *p) {
     memcpy(&eps, &p[7], sizeof eps);
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * n, *hr = h ? h + r * n : 0;
-        float *sr = s_out ? s_out + r * n : 0, *yr = y + r * n;
+        float *sr = h ? s_out + r * n : 0, *yr = y + r * n;
         __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
         int64_t i = 0;
         for (; i + 8 <= n; i += 8) {
             __m256 v = _mm256_loadu_ps(xr + i);
-            if (hr) v = _mm256_add_ps(v, _mm256_loadu_ps(hr + i));
-            if (sr) _mm256_storeu_ps(sr + i, v);
+            if (hr) {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(hr + i));
+                _mm256_storeu_ps(sr + i, v);
+            }
             __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
             acc0 = _mm256_fmadd_pd(lo, lo, acc0);
             acc1 = _mm256_fmadd_pd(hi, hi, acc1);
         }
         double sum = hsum_pd(_mm256_add_pd(acc0, acc1));
         for (; i < n; i++) {
-            float v = hr ? xr[i] + hr[i] : xr[i];
-            if (sr) sr[i] = v;
+            float v = xr[i];
+            if (hr) sr[i] = v = v + hr[i];
             sum += (double)v * v;
         }
         const float rstd = (float)(1.0 / sqrt(sum / (double)n + eps));
-        const float *src = sr ? sr : xr;  /* the sum, already rounded to float32 (or x itself) */
+        const float *src = hr ? sr : xr;  /* the sum, already rounded to float32 (or x itself) */
         const __m256 rs = _mm256_set1_ps(rstd);
-        i = 0;
-        if (sr || !hr) {
-            for (; i + 8 <= n; i += 8)
-                _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(src + i), rs), _mm256_loadu_ps(w + i)));
-            for (; i < n; i++) yr[i] = (src[i] * rstd) * w[i];
-        } else {  /* a sum that is not kept: recompute it (the same float32 additions) */
-            for (; i + 8 <= n; i += 8) {
-                __m256 v = _mm256_add_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(hr + i));
-                _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(v, rs), _mm256_loadu_ps(w + i)));
-            }
-            for (; i < n; i++) yr[i] = ((xr[i] + hr[i]) * rstd) * w[i];
-        }
+        for (i = 0; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(src + i), rs), _mm256_loadu_ps(w + i)));
+        for (; i < n; i++) yr[i] = (src[i] * rstd) * w[i];
     }
 }
