@@ -4,8 +4,10 @@
 
 - :func:`t5kit.kernels.install` still swaps the base for its inference kernel (it matches ``type(m) is
   nn.Linear``), and ``uninstall`` swaps it back;
-- the training kernels see a projection that is not a plain ``nn.Linear`` and run the module path, where
-  the adapter's own forward (and gradient) runs (``t5kit.kernels.training.common.plain_weights``);
+- the training kernels see a projection that is not a plain ``nn.Linear``: the fused attention computes the
+  low-rank term itself where :meth:`LoRALinear.low_rank_term` offers it (no adapter dropout), every other
+  kernel runs the module path, where the adapter's own forward (and gradient) runs
+  (``t5kit.kernels.training.common.projections``);
 - :func:`merge_lora` hands back the base itself, a plain ``nn.Linear`` again, with the product added.
 
 The adapter matrices are bare Parameters, not ``nn.Linear`` children, so neither the inference kernels
@@ -122,6 +124,12 @@ class LoRALinear(AdaptedLinear):
     def delta_weight(self) -> Tensor:
         """``scale * B @ A``, [out, in], in the adapter's dtype."""
         return (self.lora_B @ self.lora_A) * self.scale
+
+    def low_rank_term(self) -> tuple[Tensor, Tensor, float] | None:
+        """``(A, B, scale)`` for a training kernel that computes this layer inside a fused Function
+        (``t5kit.kernels.training.common.projections``), or None when the adapter's own dropout is on: its
+        mask is drawn by this forward, which must then run."""
+        return (self.lora_A, self.lora_B, self.scale) if isinstance(self.dropout, nn.Identity) else None
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,41 @@ def weight_sources(*layers: nn.Module) -> list[Tensor | Callable[[torch.dtype], 
         else:
             return None
     return sources
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A projection as a training Function reads it: its base weight (a Parameter, or a frozen layer's
+    ``widened`` method: :func:`weight_sources`) and, for a layer that adds a trainable low-rank term
+    ``scale * B A x`` (``t5kit.adapters.lora.LoRALinear``), that term's ``A`` [r, in], ``B`` [out, r], ``scale``."""
+
+    weight: Tensor | Callable[[torch.dtype], Tensor]
+    lora_A: Tensor | None = None
+    lora_B: Tensor | None = None
+    scale: float = 0.0
+
+
+def projections(*layers: nn.Module) -> list[Projection] | None:
+    """Each layer as a :class:`Projection`, else None (the module path runs).
+
+    A layer with a low-rank term qualifies when it says the term may be fused: its ``low_rank_term()`` gives
+    ``(A, B, scale)`` (plain Parameters; None while its own dropout is active, which only its forward draws),
+    and its ``base`` qualifies for :func:`weight_sources`. Any other wrapped layer runs its own forward.
+    """
+    found: list[Projection] = []
+    for layer in layers:
+        term = layer.low_rank_term() if callable(getattr(layer, "low_rank_term", None)) else None
+        source = weight_sources(layer if term is None else layer.base)
+        if source is None:
+            return None
+        if term is None:
+            found.append(Projection(source[0]))
+            continue
+        lora_A, lora_B, scale = term
+        if type(lora_A) is not nn.Parameter or type(lora_B) is not nn.Parameter:
+            return None
+        found.append(Projection(source[0], lora_A, lora_B, float(scale)))
+    return found
 
 
 def widen(weight: Tensor | Callable[[torch.dtype], Tensor], dtype: torch.dtype) -> Tensor:

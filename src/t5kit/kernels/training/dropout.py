@@ -40,9 +40,13 @@ def _random_int16(n: int, device: torch.device | str) -> Tensor:
     return _random_words((n + _SLICES - 1) // _SLICES, device).view(torch.int16)[:n]
 
 
+def _threshold(p: float) -> int:
+    """A 16-bit word below this is dropped (probability ``p`` to within 2^-16)."""
+    return -(2**15) + round(p * 2**16)
+
+
 def _keep_from(random16: Tensor, p: float, dtype: torch.dtype) -> Tensor:
-    threshold = -(2**15) + round(p * 2**16)
-    return torch.ge(random16, threshold, out=torch.empty(random16.shape, dtype=dtype, device=random16.device))
+    return torch.ge(random16, _threshold(p), out=torch.empty(random16.shape, dtype=dtype, device=random16.device))
 
 
 def dropout_keep_mask(
@@ -53,6 +57,13 @@ def dropout_keep_mask(
 ) -> Tensor:
     """Tensor of ``shape`` in ``dtype``: 1 where an element is KEPT (probability 1 - ``p``, to within 2^-16), else 0."""
     return _keep_from(_random_int16(math.prod(shape), device), p, dtype).view(shape)
+
+
+def dropout_drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
+    """Bool tensor of ``shape``: True where an element is DROPPED, the complement of :func:`dropout_keep_mask`
+    drawn from the same random words (one byte an element, for a mask kept until backward)."""
+    random16 = _random_int16(math.prod(shape), device)
+    return torch.lt(random16, _threshold(p)).view(shape)
 
 
 class _DropoutAdd(torch.autograd.Function):
