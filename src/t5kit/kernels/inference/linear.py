@@ -360,6 +360,22 @@ def _save(key: str, entry: dict[str, Any]) -> None:
                           f"memory only (set {CACHE_ENV} to a writable directory)", BackendWarning, stacklevel=3)
 
 
+def cached_choice(key: str, from_disk: bool = False) -> dict[str, Any] | None:
+    """This machine's cached entry under ``key`` (another chooser's, such as the training products' backend);
+    ``from_disk`` reads the file again (another process may have written it since this one first read it)."""
+    if from_disk:
+        entry = _read_cache().get(_machine_key(), {}).get(key)
+        if entry is not None:
+            _choices()[key] = entry
+        return entry
+    return _choices().get(key)
+
+
+def remember_choice(key: str, entry: dict[str, Any]) -> None:
+    """Keep ``entry`` under ``key`` for this machine, in memory and in the disk cache."""
+    _save(key, entry)
+
+
 def forget_machine() -> None:
     """Drop this machine's cached choices from the disk cache (other machines' stay), so they are timed again."""
     reset()

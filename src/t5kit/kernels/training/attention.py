@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from t5kit.kernels.training import gemm
 from t5kit.kernels.training.common import autocast_input, linear_dtype, projections, training_pass, widen
 from t5kit.kernels.training.dropout import dropout_drop_mask
 from t5kit.model.cache import DecoderCache
@@ -36,7 +37,7 @@ def _project(rows: Tensor, weight: Tensor, lora_A: Tensor | None, lora_B: Tensor
              lora_dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
     """``rows W^T`` plus, for an adapted projection, ``scale * (rows A^T) B^T`` added in place; also returns
     ``rows A^T`` (the adapter's [N, r] intermediate, which B's gradient reads), else None."""
-    out = torch.mm(rows, weight.t())
+    out = gemm.mm(rows, weight.t())
     if lora_A is None or lora_B is None:
         return out, None
     mid = torch.mm(rows.to(lora_dtype), lora_A.to(lora_dtype).t())
@@ -146,8 +147,8 @@ class _TrainingAttention(torch.autograd.Function):
         if ctx.self_attention:
             m_rows = x_rows
         grad_rows = grad.reshape(-1, grad.shape[-1]).to(dtype)
-        grad_wo = torch.mm(grad_rows.t(), attended_rows).to(wo_dtype) if needs[6] else None
-        grad_attended_rows = torch.mm(grad_rows, wo)
+        grad_wo = gemm.mm(grad_rows.t(), attended_rows).to(wo_dtype) if needs[6] else None
+        grad_attended_rows = gemm.mm(grad_rows, wo)
         if mid_o is not None:
             adapter_grads[6:8] = _low_rank_backward(grad_rows, attended_rows, mid_o, *adapters[3], ctx.scales[3],
                                                     grad_attended_rows, adapter_needs[3])
@@ -166,13 +167,13 @@ class _TrainingAttention(torch.autograd.Function):
         grad_k = _rows_of(torch.bmm(grad_scores.transpose(1, 2), q), batch, heads)
         grad_v = _rows_of(grad_v, batch, heads)
         # the input gradients: each projection's base product, then its adapter's share, summed in place
-        grad_x = torch.mm(grad_q, wq) if needs[0] else None
+        grad_x = gemm.mm(grad_q, wq) if needs[0] else None
         if ctx.self_attention:
             if grad_x is not None:
-                grad_x.addmm_(grad_k, wk).addmm_(grad_v, wv)
+                grad_x = gemm.add_mm(gemm.add_mm(grad_x, grad_k, wk), grad_v, wv)
             grad_memory = None
         else:
-            grad_memory = torch.mm(grad_k, wk).addmm_(grad_v, wv) if needs[1] else None
+            grad_memory = gemm.add_mm(gemm.mm(grad_k, wk), grad_v, wv) if needs[1] else None
         into = (grad_x, grad_x if ctx.self_attention else grad_memory)
         for i, (grad_i, rows) in enumerate(((grad_q, x_rows), (grad_k, m_rows), (grad_v, m_rows))):
             if mids[i] is not None:
@@ -182,9 +183,9 @@ class _TrainingAttention(torch.autograd.Function):
             grad_x = grad_x.view(batch, q_len, -1).to(x_dtype)
         if grad_memory is not None:
             grad_memory = grad_memory.view(batch, k_len, -1).to(ctx.memory_dtype)
-        grad_wq = torch.mm(grad_q.t(), x_rows).to(wq_dtype) if needs[3] else None
-        grad_wk = torch.mm(grad_k.t(), m_rows).to(wk_dtype) if needs[4] else None
-        grad_wv = torch.mm(grad_v.t(), m_rows).to(wv_dtype) if needs[5] else None
+        grad_wq = gemm.mm(grad_q.t(), x_rows).to(wq_dtype) if needs[3] else None
+        grad_wk = gemm.mm(grad_k.t(), m_rows).to(wk_dtype) if needs[4] else None
+        grad_wv = gemm.mm(grad_v.t(), m_rows).to(wv_dtype) if needs[5] else None
         return (grad_x, grad_memory, grad_bias, grad_wq, grad_wk, grad_wv, grad_wo, *adapter_grads,
                 None, None, None)
 

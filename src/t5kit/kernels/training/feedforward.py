@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from t5kit.kernels.training import gemm
 from t5kit.kernels.training.common import autocast_input, linear_dtype, training_pass, weight_sources, widen
 from t5kit.kernels.training.dropout import dropout_keep_mask
 from t5kit.model.layers import FeedForward, check_dropout_rate
@@ -37,9 +38,9 @@ class _ReluDropoutFeedForward(torch.autograd.Function):
         rows, wi_, wo_ = x.reshape(-1, x.shape[-1]).to(dtype), widen(wi, dtype), widen(wo, dtype)
         scale = 1.0 / (1.0 - p)
         with torch.autocast(device, enabled=False):
-            h = torch.mm(rows, wi_.t())
+            h = gemm.mm(rows, wi_.t())
             h.relu_().mul_(dropout_keep_mask(h.shape, p, h.dtype, h.device))
-            out = torch.addmm(h.new_zeros(()), h, wo_.t(), beta=0, alpha=scale)
+            out = gemm.scaled_mm(h, wo_.t(), scale)
         ctx.sources = [None if isinstance(w, Tensor) else w for w in (wi, wo)]  # re-widened in backward
         ctx.save_for_backward(rows if ctx.needs_input_grad[1] else None, h,
                               wi_ if ctx.sources[0] is None else None, wo_ if ctx.sources[1] is None else None)
@@ -55,17 +56,16 @@ class _ReluDropoutFeedForward(torch.autograd.Function):
         wo = wo if ctx.sources[1] is None else widen(ctx.sources[1], h.dtype)
         x_dtype, wi_dtype, wo_dtype = ctx.dtypes
         grad_out = grad.reshape(-1, grad.shape[-1]).to(h.dtype)
-        zero = h.new_zeros(())
         grad_wo = None
         if ctx.needs_input_grad[2]:
-            grad_wo = torch.addmm(zero, grad_out.t(), h, beta=0, alpha=ctx.scale).to(wo_dtype)
-        grad_h = torch.addmm(zero, grad_out, wo, beta=0, alpha=ctx.scale)
+            grad_wo = gemm.scaled_mm(grad_out.t(), h, ctx.scale).to(wo_dtype)
+        grad_h = gemm.scaled_mm(grad_out, wo, ctx.scale)
         torch.ops.aten.threshold_backward.grad_input(grad_h, h, 0, grad_input=grad_h)  # relu + mask, in place
         grad_x = grad_wi = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(grad_h, wi).view(*grad.shape[:-1], wi.shape[1]).to(x_dtype)
+            grad_x = gemm.mm(grad_h, wi).view(*grad.shape[:-1], wi.shape[1]).to(x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_wi = torch.mm(grad_h.t(), rows).to(wi_dtype)
+            grad_wi = gemm.mm(grad_h.t(), rows).to(wi_dtype)
         return grad_x, grad_wi, grad_wo, None
 
 

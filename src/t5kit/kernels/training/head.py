@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t5kit.ids import LABEL_PAD_ID
+from t5kit.kernels.training import gemm
 from t5kit.kernels.training.common import linear_dtype, plain_weights, training_pass
 from t5kit.model.t5 import Seq2SeqOutput, T5Model
 
@@ -159,7 +160,7 @@ class _Head(torch.autograd.Function):
         rows = h.reshape(-1, h.shape[-1])
         logits = buffers.empty("logits", (rows.shape[0], w.shape[0]), dtype, h.device)
         with torch.autocast(device, enabled=False):
-            torch.mm(rows, w.t(), out=logits)
+            gemm.mm_into(logits, rows, w.t())
         return logits.view(*h.shape[:-1], w.shape[0])
 
     @staticmethod
@@ -168,12 +169,12 @@ class _Head(torch.autograd.Function):
         grad = grad.to(w.dtype).reshape(-1, w.shape[0])
         grad_hidden = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_hidden = (grad @ w).view(h.shape).to(ctx.hidden_dtype)
+            grad_hidden = gemm.mm(grad, w).view(h.shape).to(ctx.hidden_dtype)
         if ctx.needs_input_grad[1]:
             rows = h.reshape(-1, h.shape[-1])
             weight_grad = ctx.buffers.empty("head_weight_grad", tuple(w.shape), ctx.weight_dtype, w.device)
             if w.dtype == ctx.weight_dtype:
-                torch.mm(grad.t(), rows, out=weight_grad)
+                gemm.mm_into(weight_grad, grad.t(), rows)
             else:  # autocast: the product in the low precision, the gradient in the weight's
                 weight_grad.copy_(grad.t().mm(rows))
             if ctx.tied is not None:
