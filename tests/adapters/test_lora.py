@@ -152,8 +152,9 @@ def test_add_lora_freezes_the_base_and_starts_as_the_identity():
 
 
 def test_kernels_install_over_an_adapted_model():
-    """The inference kernels swap the base linear inside each LoRA layer (and back); the training kernels run
-    the module path for adapted projections, so the adapters get gradients, and the base none."""
+    """The kernels swap the base linear inside each LoRA layer (and back); in training the fused attention
+    computes its adapters' terms and the feed-forward runs the module path for its adapted wi: the adapters get
+    gradients, and the base none."""
     model = _tiny(feed_forward_proj="relu", dropout_rate=0.1)
     add_lora(model, LoRAConfig(r=4, targets=("q", "v", "wi")))
     _randomize(lora_parameters(model).values(), seed=3)
@@ -162,13 +163,14 @@ def test_kernels_install_over_an_adapted_model():
     plain = _logits(model, batch)
     install(model)
     layer = model.encoder.layers[0]
-    assert type(layer.self_attn.q) is LoRALinear and type(layer.self_attn.q.base) is BackendLinear
-    assert type(layer.self_attn.k) is BackendLinear  # an unadapted projection
+    assert type(layer.self_attn.q) is LoRALinear and isinstance(layer.self_attn.q.base, BackendLinear)
+    assert isinstance(layer.self_attn.k, BackendLinear)  # an unadapted projection
     fast = _logits(model, batch)
     assert _relative_error(fast, plain) <= RELATIVE
     assert not layer.self_attn.fused() and not layer.ffn.fused()
 
     model.train()
+    assert layer.self_attn.fused() and not layer.ffn.fused()
     model(**batch).loss.backward()
     for parameter in lora_parameters(model).values():
         assert parameter.grad is not None and float(parameter.grad.abs().max()) > 0
@@ -202,7 +204,7 @@ def test_merge_leaves_plain_layers_that_the_inference_kernels_recompute():
     _randomize(lora_parameters(model).values(), seed=4)
     unmerged = _logits(model, batch)
     merged = _logits(merge_lora(model), batch)
-    assert type(model.encoder.layers[0].self_attn.q) is BackendLinear
+    assert isinstance(model.encoder.layers[0].self_attn.q, BackendLinear)
     assert _relative_error(merged, unmerged) <= RELATIVE
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -76,6 +77,9 @@ def test_info_backend_prints_each_layers_kernel_and_honours_a_forced_backend(tmp
     assert forced.returncode == 0, forced.stderr
     lines = forced.stdout.splitlines()
     assert lines[0].startswith("CPU: ") and "linear backend: forced mkl" in lines[0]
-    assert len(lines) > 1 and all(line.endswith("rows 1-256 mkl") for line in lines[1:])
+    assert len(lines) > 2 and all(line.endswith("rows 1-256 mkl") for line in lines[1:-1])
+    # the training products' backend, timed (or read from the cache) like the linear layers' kernels
+    assert re.fullmatch(r"training products \(float32\): (mkl|onednn) \(auto; one linear layer's three "
+                        r"products: mkl [0-9.]+ ms(, onednn [0-9.]+ ms)?\)", lines[-1]), lines[-1]
     missing = t5kit("info")
     assert missing.returncode != 0 and "t5kit info needs a checkpoint" in missing.stderr

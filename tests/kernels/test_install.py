@@ -20,14 +20,16 @@ def test_install_swaps_classes_in_place_and_keeps_every_parameter():
     model = _tiny()
     before = {name: (p.data_ptr(), p.shape) for name, p in model.named_parameters()}
     install(model, "train")
-    assert installed(model) == ["FastDropout", "TrainingAttention", "TrainingFeedForward", "TrainingRMSNorm",
-                                "TrainingT5Model"]
+    assert installed(model) == ["FastDropout", "TrainingAttention", "TrainingFeedForward", "TrainingLinear",
+                                "TrainingRMSNorm", "TrainingT5Model"]
     assert {name: (p.data_ptr(), p.shape) for name, p in model.named_parameters()} == before
     install(model)  # both modes: the norm gets the training and the inference kernel, in that order
     norm_class = type(model.encoder.layers[0].self_attn_norm)
     assert [c.__name__ for c in norm_class.__mro__[:4]] == [
         norm_class.__name__, "TrainingRMSNorm", "InferenceRMSNorm", "RMSNorm"]
-    assert type(model.lm_head).__name__ == "BackendLinear"  # inference: each linear on its chosen GEMM kernel
+    # each linear: its training products on the backend timed for training, no-grad calls on the chosen kernel
+    assert [c.__name__ for c in type(model.lm_head).__mro__[:4]] == [
+        "TrainingBackendLinear", "TrainingLinear", "BackendLinear", "Linear"]
     uninstall(model)
     assert installed(model) == [] and type(model) is T5Model
     assert {type(m) for m in model.modules()} >= {Attention, Dropout, FeedForward, RMSNorm}

@@ -7,9 +7,13 @@ transposed operands, scaled, accumulated, into a recycled buffer); the choice is
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+from t5kit import T5Config, T5Model
+from t5kit.kernels import install
 from t5kit.kernels.inference import linear
 from t5kit.kernels.inference.linear import BackendError, error_bound
 from t5kit.kernels.training import gemm
@@ -89,3 +93,70 @@ def test_onednn_is_chosen_only_when_clearly_faster_and_accurate(cache_dir, monke
     assert gemm.choose()[0] == ("onednn" if torch.backends.mkldnn.is_available() else "mkl")
     monkeypatch.setattr(gemm, "_onednn_accurate", lambda products: False)
     assert gemm.choose()[0] == "mkl"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_linear_layer_s_training_pass_on_onednn_meets_the_bound_with_its_gradients(bias, cache_dir, monkeypatch):
+    """nn.Linear in training with the kernels installed and oneDNN chosen: output and the input, weight and bias
+    gradients within the float32 bound of the float64 computation (3-D input, as a model's layers get it)."""
+    monkeypatch.setenv(gemm.GEMM_ENV, "onednn")
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    torch.manual_seed(0)
+    layer = install(torch.nn.Linear(24, 19, bias=bias)).train()
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    out = layer(x)
+    assert type(out.grad_fn).__name__ == "_LinearBackward"  # the kernel's Function, not torch's addmm/mm
+    upstream = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, layer.weight] + ([layer.bias] if bias else []), upstream)
+    x2, w, g2 = x.detach().reshape(-1, 24), layer.weight.detach(), upstream.reshape(-1, 19)
+    acc = layer.bias.detach().expand(21, 19) if bias else None
+    if acc is None:
+        _within_bound(out.detach().reshape(-1, 19), x2, w.t())
+    else:
+        _within_bound(out.detach().reshape(-1, 19), x2, w.t(), acc=acc)
+    _within_bound(grads[0].reshape(-1, 24), g2, w)
+    _within_bound(grads[1], g2.t(), x2)
+    if bias:
+        torch.testing.assert_close(grads[2].double(), g2.double().sum(0), rtol=0,
+                                   atol=21 * torch.finfo(torch.float32).eps * float(g2.abs().sum(0).max()))
+
+
+def test_a_linear_layer_keeps_torch_s_path_outside_a_float32_training_pass(cache_dir, monkeypatch):
+    monkeypatch.setenv(gemm.GEMM_ENV, "onednn")
+    layer = install(torch.nn.Linear(8, 4)).train()
+    x = torch.randn(2, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(layer(x).grad_fn).__name__ != "_LinearBackward"
+    assert type(layer.eval()(x).grad_fn).__name__ != "_LinearBackward"
+    monkeypatch.setenv(gemm.GEMM_ENV, "mkl")
+    assert type(layer.train()(x).grad_fn).__name__ != "_LinearBackward"
+
+
+def test_a_gated_model_trains_alike_on_both_backends(cache_dir, monkeypatch):
+    """A gated model without dropout (every projection then runs TrainingLinear, the head its Function): the
+    loss and every gradient on oneDNN off the float64 model's by at most 4x what MKL's are off it (they round
+    in another order), or 16 float32 ulps of the gradient's largest value."""
+    config = T5Config.from_preset("tiny", feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    ids = torch.randint(3, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    plain = T5Model(config)
+
+    def run(model: T5Model) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = model.train()(input_ids=ids, labels=ids[:, :5]).loss
+        loss.backward()
+        return loss.detach().double(), {n: p.grad.double() for n, p in model.named_parameters()}
+
+    exact = run(copy.deepcopy(plain).double())
+    results = {}
+    for backend in gemm.BACKENDS:
+        monkeypatch.setenv(gemm.GEMM_ENV, backend)
+        results[backend] = run(install(copy.deepcopy(plain)))
+    eps = torch.finfo(torch.float32).eps
+    for ours, theirs, reference in zip(results["onednn"], results["mkl"], exact):
+        pairs = ours.items() if isinstance(ours, dict) else [("loss", ours)]
+        for name, value in pairs:
+            ref = reference[name] if isinstance(reference, dict) else reference
+            other = theirs[name] if isinstance(theirs, dict) else theirs
+            bound = max(4 * float((other - ref).abs().max()), 16 * eps * float(ref.abs().max()))
+            assert float(ref.abs().max()) > 0 and float((value - ref).abs().max()) <= bound, name

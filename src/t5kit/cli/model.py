@@ -22,15 +22,18 @@ def cmd_backend(args: argparse.Namespace) -> int:
 
     from t5kit.cli.generate import load_generator
     from t5kit.kernels.inference import linear
+    from t5kit.kernels.training import gemm
 
     if args.retime:
         linear.forget_machine()
+        gemm.reset()
     generator = load_generator(args)
     model = generator.decoding_model
     if args.json:
         print(json.dumps([dataclasses.asdict(c) for c in linear.report(model)], indent=2))
     else:
         print(linear.summary(model))
+        print(gemm.describe())
     return 0
 
 

@@ -33,6 +33,7 @@ from t5kit.kernels.training.attention import TrainingAttention
 from t5kit.kernels.training.dropout import FastDropout
 from t5kit.kernels.training.feedforward import TrainingFeedForward
 from t5kit.kernels.training.head import TrainingT5Model
+from t5kit.kernels.training.linear import TrainingLinear
 from t5kit.kernels.training.norm import TrainingRMSNorm
 from t5kit.model import Attention, DecoderLayer, Dropout, FeedForward, RMSNorm, T5Model
 
@@ -58,6 +59,8 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel(Attention, TrainingAttention, "train", ("cpu",), "float32, bfloat16 (and bf16 autocast)"),
     Kernel(FeedForward, TrainingFeedForward, "train", ("cpu",), "float32, bfloat16 (and bf16 autocast)"),
     Kernel(T5Model, TrainingT5Model, "train", ("cpu",), "float32, bfloat16 (and bf16 autocast)"),
+    # every other linear layer's float32 training products on the backend timed for this CPU (training.gemm)
+    Kernel(nn.Linear, TrainingLinear, "train", ("cpu",), "float32"),
     # The decoding step's attention is the plain fused kernel. A two-matmul path for up to 4 rows, once faster,
     # measured slower in torch 2.13 (2 threads, Intel Xeon): alone, at 1-16 rows and 16-128 cached positions,
     # float32 0.85-1.9x the fused kernel's time (below 1 only at 128 positions), bfloat16 1.5-7.7x; t5-small
@@ -111,7 +114,7 @@ def uninstall(model: nn.Module) -> nn.Module:
     plain_of = {k.fast: k.replaces for k in KERNELS}
     for module in model.modules():
         cls = type(module)
-        if cls is BackendLinear:
+        if issubclass(cls, BackendLinear):
             forget_plans(module)
         forget_fused(module)
         if cls in plain_of:

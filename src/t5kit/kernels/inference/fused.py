@@ -47,7 +47,7 @@ def _concatenated(layers: tuple[BackendLinear, ...], storage: str) -> Tensor:
 
 def fusable(layers: tuple[nn.Module, ...]) -> bool:
     """Inference-kernel layers without bias, in one weight format of :data:`FORMATS`, over one input width."""
-    if not all(type(layer) is BackendLinear for layer in layers):
+    if not all(isinstance(layer, BackendLinear) for layer in layers):
         return False
     storages = layers[0].storages()
     same = all(layer.storages() == storages and layer.bias is None for layer in layers)

@@ -505,6 +505,8 @@ class _Plan:
 class BackendLinear(nn.Linear):
     """``nn.Linear`` whose no-grad calls run the kernel chosen for this CPU (module docstring)."""
 
+    reads_own_weight = True  # without fp16 / int8 copies it computes from its own weight (plain_linear)
+
     def storages(self) -> tuple[str, ...]:
         """The weight formats this layer holds, the one it computes in first (empty: plain layer only)."""
         formats = self.__dict__.get("_t5kit_storages")
@@ -590,7 +592,10 @@ def forget_plans(module: nn.Module) -> None:
 def plain_linear(layer: nn.Module) -> bool:
     """``layer`` is an ``nn.Linear`` computing from its own float weight (plain, or :class:`BackendLinear`
     without fp16 / int8 copies): what the training kernels may read directly."""
-    return type(layer) is nn.Linear or (type(layer) is BackendLinear and "_t5kit_storages" not in layer.__dict__)
+    # A kernel class (this one, the training one, or the two combined by t5kit.kernels.install) says so with
+    # ``reads_own_weight``; any other subclass of nn.Linear (an adapter, a user's layer) runs its own forward.
+    return type(layer) is nn.Linear or (getattr(type(layer), "reads_own_weight", False)
+                                        and "_t5kit_storages" not in layer.__dict__)
 
 
 # ------------------------------------------------------------------------------------------ weight formats

@@ -148,6 +148,17 @@ def _machine_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def describe() -> str:
+    """One line for ``t5kit info --backend``: the backend and how it was chosen (timing it now if need be)."""
+    chosen = backend()
+    forced = forced_backend()
+    if forced is not None:
+        return f"training products (float32): {chosen} (forced by {GEMM_ENV})"
+    entry = cached_choice(_CHOICE_KEY) or {}
+    timed = ", ".join(f"{name} {us / 1000:.1f} ms" for name, us in entry.get("us", {}).items())
+    return f"training products (float32): {chosen} (auto; one linear layer's three products: {timed})"
+
+
 def reset() -> None:
     """Forget the in-memory choice (the disk cache stays): for tests and after changing the environment."""
     global _chosen
