@@ -12,12 +12,12 @@ import copy
 
 import pytest
 import torch
+from test_training_kernels import written_out_attention
 
 from t5kit import T5Config
 from t5kit.adapters import LoRAConfig, add_lora
 from t5kit.adapters.frozen import store_frozen_base
 from t5kit.kernels import install
-from t5kit.kernels.training.dropout import dropout_keep_mask
 from t5kit.model import Attention, padding_bias
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -57,14 +57,7 @@ def _run(attn: Attention, explicit: bool, cross: bool, dtype: torch.dtype) -> tu
     bias = padding_bias(padding, dtype) if cross else attn.relative_bias(6, 6)
     params = [p for p in attn.parameters() if p.requires_grad]
     torch.manual_seed(3)
-    if not explicit:
-        out = attn(x, bias, memory)
-    else:
-        source = memory if cross else x
-        q, k, v = attn.heads(attn.q(x)), attn.heads(attn.k(source)), attn.heads(attn.v(source))
-        probs = (q @ k.transpose(-1, -2) + bias).softmax(-1)
-        probs = probs * dropout_keep_mask(probs.shape, P, probs.dtype) / (1 - P)
-        out = attn.o((probs @ v).transpose(1, 2).reshape(2, 6, -1))
+    out = attn(x, bias, memory) if not explicit else written_out_attention(attn, x, bias, memory, P)
     inputs = [x] + ([memory] if cross else [])
     return (out, *torch.autograd.grad(out, inputs + params, upstream))
 

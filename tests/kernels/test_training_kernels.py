@@ -126,6 +126,17 @@ def test_fused_relu_dropout_matches_relu_then_dropout():
         torch.testing.assert_close(ours, theirs, atol=float(theirs.abs().max()) * 2**-6, rtol=0)
 
 
+def written_out_attention(attn: Attention, x: torch.Tensor, bias: torch.Tensor, memory: torch.Tensor | None,
+                          p: float) -> torch.Tensor:
+    """Attention in training written out step by step through the module's own projections, with t5kit's dropout
+    mask drawn where the fused Function draws it (the caller seeds torch's generator first)."""
+    source = memory if memory is not None else x
+    q, k, v = attn.heads(attn.q(x)), attn.heads(attn.k(source)), attn.heads(attn.v(source))
+    probs = (q @ k.transpose(-1, -2) + bias).softmax(-1)
+    probs = probs * dropout_keep_mask(probs.shape, p, probs.dtype) / (1 - p)
+    return attn.o((probs @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+
 @pytest.mark.parametrize("kind", ["self", "cross"])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_training_attention_with_dropout_matches_the_explicit_computation(kind, autocast):
@@ -151,14 +162,7 @@ def test_training_attention_with_dropout_matches_the_explicit_computation(kind, 
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             bias = padding_bias(padding, torch.float32) if cross else attn.relative_bias(6, 6)
             torch.manual_seed(3)
-            if not explicit:
-                out = attn(x, bias, memory)
-            else:
-                source = memory if cross else x
-                q, k, v = attn.heads(attn.q(x)), attn.heads(attn.k(source)), attn.heads(attn.v(source))
-                probs = (q @ k.transpose(-1, -2) + bias).softmax(-1)
-                probs = probs * dropout_keep_mask(probs.shape, 0.1, probs.dtype) / 0.9
-                out = attn.o((probs @ v).transpose(1, 2).reshape(2, 6, -1))
+            out = attn(x, bias, memory) if not explicit else written_out_attention(attn, x, bias, memory, 0.1)
             return (out, *torch.autograd.grad(out, params, upstream))
 
     ours, reference = run(False), run(True)

@@ -245,14 +245,21 @@ def candidates(storages: Iterable[str], rows: int | None = None) -> list[Candida
     return sorted(found, key=lambda c: (storages.index(c.storage), CANDIDATES.index(c)))
 
 
-def forced_kernel() -> str | None:
-    """``T5KIT_LINEAR_BACKEND``'s kernel, or None for ``auto``."""
-    value = os.environ.get(BACKEND_ENV, "auto").strip() or "auto"
+def forced_choice(env: str, allowed: Iterable[str], what: str) -> str | None:
+    """The value of environment variable ``env`` if one of ``allowed``, None for ``auto`` (or unset), else a
+    BackendError naming the choices (``what``: what a value names, for the message)."""
+    allowed = tuple(allowed)
+    value = os.environ.get(env, "auto").strip() or "auto"
     if value == "auto":
         return None
-    if value not in _BY_NAME:
-        raise BackendError(f"{BACKEND_ENV}={value!r} is not a kernel: use auto or one of {', '.join(_BY_NAME)}")
+    if value not in allowed:
+        raise BackendError(f"{env}={value!r} is not {what}: use auto or one of {', '.join(allowed)}")
     return value
+
+
+def forced_kernel() -> str | None:
+    """``T5KIT_LINEAR_BACKEND``'s kernel, or None for ``auto``."""
+    return forced_choice(BACKEND_ENV, _BY_NAME, "a kernel")
 
 
 def bucket(rows: int) -> int:

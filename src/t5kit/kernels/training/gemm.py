@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import time
 from collections.abc import Iterator
 
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor
 
 from t5kit.kernels.inference import native
-from t5kit.kernels.inference.linear import BackendError, cached_choice, error_bound, remember_choice
+from t5kit.kernels.inference.linear import cached_choice, error_bound, forced_choice, remember_choice
 
 BACKENDS = ("mkl", "onednn")  # mkl: torch's own float32 product on the CPU (the reference path)
 GEMM_ENV = "T5KIT_TRAINING_GEMM"
@@ -39,12 +38,7 @@ _chosen: str | None = None
 
 def forced_backend() -> str | None:
     """``T5KIT_TRAINING_GEMM``'s backend, or None for ``auto``."""
-    value = os.environ.get(GEMM_ENV, "auto").strip() or "auto"
-    if value == "auto":
-        return None
-    if value not in BACKENDS:
-        raise BackendError(f"{GEMM_ENV}={value!r} is not a training GEMM backend: use auto, {' or '.join(BACKENDS)}")
-    return value
+    return forced_choice(GEMM_ENV, BACKENDS, "a training GEMM backend")
 
 
 def _onednn_available() -> bool:
