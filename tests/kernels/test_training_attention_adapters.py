@@ -46,11 +46,13 @@ def _adapted_attention(cross: bool, targets: tuple[str, ...], storage: str, lora
     return attn
 
 
-def _run(attn: Attention, explicit: bool, cross: bool, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """Output and gradients of (x, memory, every trainable parameter) for a fixed input and upstream gradient."""
+def _run(attn: Attention, explicit: bool, cross: bool, dtype: torch.dtype,
+         input_grad: bool = True) -> tuple[torch.Tensor, ...]:
+    """Output and gradients of (x, memory where ``input_grad``, every trainable parameter) for a fixed input and
+    upstream gradient."""
     torch.manual_seed(1)
-    x = torch.randn(2, 6, 32).to(dtype).requires_grad_(True)  # the same values in float32 and float64
-    memory = torch.randn(2, 9, 32).to(dtype).requires_grad_(True) if cross else None
+    x = torch.randn(2, 6, 32).to(dtype).requires_grad_(input_grad)  # the same values in float32 and float64
+    memory = torch.randn(2, 9, 32).to(dtype).requires_grad_(input_grad) if cross else None
     upstream = torch.randn(2, 6, 32).to(dtype)
     padding = torch.ones(2, 9)
     padding[1, 6:] = 0
@@ -58,7 +60,7 @@ def _run(attn: Attention, explicit: bool, cross: bool, dtype: torch.dtype) -> tu
     params = [p for p in attn.parameters() if p.requires_grad]
     torch.manual_seed(3)
     out = attn(x, bias, memory) if not explicit else written_out_attention(attn, x, bias, memory, P)
-    inputs = [x] + ([memory] if cross else [])
+    inputs = ([x] + ([memory] if cross else [])) if input_grad else []
     return (out, *torch.autograd.grad(out, inputs + params, upstream))
 
 
@@ -89,6 +91,20 @@ def test_adapted_attention_takes_the_fused_path_and_matches_the_adapters_own_for
     assert sum(".lora_" in n for n in trained) == 2 * len(targets)  # every adapter's A and B got a gradient
     _assert_within_float64_bound(fused, _run(written, True, cross, torch.float32),
                                  _run(reference, True, cross, torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["self", "cross"])
+def test_adapters_of_a_layer_whose_input_needs_no_gradient(kind):
+    """The first layer of a LoRA run: its input (embeddings of a frozen table) and the encoder output seen by a
+    frozen cross attention need no gradient; the adapters still get theirs, within the float64 bound."""
+    cross = kind == "cross"
+    attn = install(_adapted_attention(cross, ("q", "v"), "bf16")).train()
+    assert attn.fused()
+    written, reference = copy.deepcopy(attn), copy.deepcopy(attn).double()
+    fused = _run(attn, False, cross, torch.float32, input_grad=False)
+    assert len(fused) == 1 + 4  # the output, then A and B of q and v
+    _assert_within_float64_bound(fused, _run(written, True, cross, torch.float32, input_grad=False),
+                                 _run(reference, True, cross, torch.float64, input_grad=False))
 
 
 def test_adapted_attention_under_bf16_autocast_matches_the_module_path():

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from t5kit import T5Config, T5Model
-from t5kit.kernels import install
+from t5kit.kernels import install, uninstall
 from t5kit.kernels.inference import linear
 from t5kit.kernels.inference.linear import BackendError, error_bound
 from t5kit.kernels.training import gemm
+from t5kit.kernels.training import linear as training_linear
 
 
 @pytest.fixture
@@ -149,10 +150,18 @@ def test_a_gated_model_trains_alike_on_both_backends(cache_dir, monkeypatch):
         return loss.detach().double(), {n: p.grad.double() for n, p in model.named_parameters()}
 
     exact = run(copy.deepcopy(plain).double())
+    calls: list[int] = []
+    apply = training_linear._Linear.apply
+    monkeypatch.setattr(training_linear._Linear, "apply", lambda *args: calls.append(1) or apply(*args))
     results = {}
     for backend in gemm.BACKENDS:
         monkeypatch.setenv(gemm.GEMM_ENV, backend)
+        calls.clear()
         results[backend] = run(install(copy.deepcopy(plain)))
+        # oneDNN: every projection ran the kernel's Function (an encoder layer: q, k, v, o, wi_0, wi_1, wo; a
+        # decoder layer: cross attention's four more; the head has its own Function); MKL: the plain layers
+        projections = config.num_layers * 7 + config.num_decoder_layers * 11
+        assert len(calls) == (0 if backend == "mkl" else projections), (backend, len(calls))
     eps = torch.finfo(torch.float32).eps
     for ours, theirs, reference in zip(results["onednn"], results["mkl"], exact):
         pairs = ours.items() if isinstance(ours, dict) else [("loss", ours)]
@@ -161,3 +170,33 @@ def test_a_gated_model_trains_alike_on_both_backends(cache_dir, monkeypatch):
             other = theirs[name] if isinstance(theirs, dict) else theirs
             bound = max(4 * float((other - ref).abs().max()), 16 * eps * float(ref.abs().max()))
             assert float(ref.abs().max()) > 0 and float((value - ref).abs().max()) <= bound, name
+
+
+def test_empty_and_broadcast_operands_and_double_backward_take_torch_s_call(cache_dir, monkeypatch):
+    """oneDNN refuses an empty inner dimension and has no derivative: a batch of 0 rows trains (zero gradients),
+    an expanded gradient is multiplied right, and a second-order gradient (create_graph) equals plain nn.Linear's."""
+    monkeypatch.setenv(gemm.GEMM_ENV, "onednn")
+    layer = install(torch.nn.Linear(8, 4)).train()
+    empty = torch.randn(0, 8, requires_grad=True)
+    layer(empty).backward(torch.empty(0, 4))  # a dense (not expanded) empty gradient
+    assert layer.weight.grad is not None and float(layer.weight.grad.abs().max()) == 0.0
+    a, b = torch.randn(5, 3), torch.ones(3, 1).expand(3, 4)  # a zero stride
+    _within_bound(gemm.mm(a, b), a, b)
+    plain = uninstall(copy.deepcopy(layer))
+    second = []
+    for model in (layer, plain):
+        x = torch.randn(6, 8, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        (gx,) = torch.autograd.grad(torch.tanh(model(x)).sum(), x, create_graph=True)
+        second.append(torch.autograd.grad((gx**2).sum(), model.weight)[0])
+    assert float(second[1].abs().max()) > 0
+    torch.testing.assert_close(second[0], second[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_malformed_cache_entry_is_timed_again(cache_dir, monkeypatch):
+    linear.remember_choice("training gemm fp32", "onednn")  # not an entry this code writes
+    gemm.reset()
+    linear.reset()
+    monkeypatch.setattr(gemm, "choose", lambda: ("mkl", {"mkl": 1.0}))
+    assert gemm.backend() == "mkl"
+    assert linear.cached_choice("training gemm fp32", from_disk=True) == {"kernel": "mkl", "us": {"mkl": 1.0}}
+    assert gemm.describe().startswith("training products (float32): mkl (auto;")

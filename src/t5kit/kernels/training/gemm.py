@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -119,8 +120,9 @@ def backend() -> str:
     return _chosen
 
 
-def _valid(entry: dict | None) -> bool:
-    return entry is not None and entry.get("kernel") in BACKENDS
+def _valid(entry: Any) -> bool:
+    """A cached entry this code wrote (anything else, say a hand-edited file, is timed again)."""
+    return isinstance(entry, dict) and entry.get("kernel") in BACKENDS
 
 
 @contextlib.contextmanager
@@ -135,7 +137,11 @@ def _machine_lock() -> Iterator[None]:
         yield
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some NFS, Lustre, FUSE mounts)
+            yield
+            return
         try:
             yield
         finally:
@@ -148,8 +154,10 @@ def describe() -> str:
     forced = forced_backend()
     if forced is not None:
         return f"training products (float32): {chosen} (forced by {GEMM_ENV})"
-    entry = cached_choice(_CHOICE_KEY) or {}
-    timed = ", ".join(f"{name} {us / 1000:.1f} ms" for name, us in entry.get("us", {}).items())
+    entry = cached_choice(_CHOICE_KEY)
+    timings = entry.get("us") if isinstance(entry, dict) else None
+    timed = ", ".join(f"{name} {us / 1000:.1f} ms" for name, us in timings.items()
+                      if isinstance(us, (int, float))) if isinstance(timings, dict) else "not recorded"
     return f"training products (float32): {chosen} (auto; one linear layer's three products: {timed})"
 
 
@@ -160,8 +168,14 @@ def reset() -> None:
 
 
 def _onednn(*tensors: Tensor) -> bool:
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2 for t in tensors) \
-        and backend() == "onednn"
+    """Whether this product takes oneDNN: float32 2-D CPU tensors with no empty dimension and no broadcast
+    (zero) stride, which oneDNN refuses or mishandles, and not recorded by autograd: oneDNN's call has no
+    derivative, so a backward run with ``create_graph=True`` (a gradient penalty, a Hessian-vector product) must
+    make its products with torch's own differentiable call."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2 and min(t.shape) > 0
+               and min(t.stride()) > 0 for t in tensors) and backend() == "onednn"
 
 
 def mm(a: Tensor, b: Tensor) -> Tensor:
