@@ -2,7 +2,7 @@
 # Build t5kit's built-in model v2 from text on a Debian machine plus the package descriptions apt fetches.
 #
 #   bash recipes/builtin-v2/build.sh                  # every stage; finished stages are skipped, broken ones resume
-#   WORK=/var/tmp/bw2 THREADS=1 bash recipes/builtin-v2/build.sh
+#   WORK=/var/tmp/bw2 THREADS=1 PRECISION=bf16 bash recipes/builtin-v2/build.sh
 #
 # Stages: import corpora, held out by package (gettext catalogues, DDTP descriptions via `apt-get update`,
 # WordNet, English text) -> SentencePiece vocabulary -> span-corruption pre-training on the English text ->
@@ -17,6 +17,9 @@ cd "$ROOT"
 WORK="${WORK:-runs/builtin-v2-work}"
 T5KIT="${T5KIT:-t5kit}"
 THREADS="${THREADS:-2}"
+# fp32 (the configs' own), or bf16 autocast where the CPU computes bf16 natively (t5kit warns and keeps fp32
+# elsewhere): 1.6-1.8x fp32's speed on a Zen 5 EPYC (benchmarks/README.md), several times slower on a Zen 3.
+PRECISION="${PRECISION:-fp32}"
 DECODING_TRANSLATION="${DECODING_TRANSLATION:---num-beams 4}"
 DECODING_OTHER="${DECODING_OTHER:-}"
 TASKS=(gettext_en_fr gettext_en_de ddtp_en_fr ddtp_en_de ddtp_summarize ddtp_section wordnet_define)
@@ -73,7 +76,8 @@ stamp "vocabulary ready"
 # -- 3. span-corruption pre-training on the English text ---------------------------------------------------
 resume() { ls -d "$1"/step-* >/dev/null 2>&1 && echo --resume || true; }
 $T5KIT pretrain "$HERE/pretrain.yaml" --out "$WORK/pretrain" $(resume "$WORK/pretrain") \
-  --set data.source="$WORK/text/train.jsonl" --set data.tokenizer="$WORK/tokenizer" --set train.threads="$THREADS"
+  --set data.source="$WORK/text/train.jsonl" --set data.tokenizer="$WORK/tokenizer" --set train.threads="$THREADS" \
+  --set train.precision="$PRECISION"
 PRETRAINED="$(ls -d "$WORK"/pretrain/step-* | sort -V | tail -1)"
 stamp "pre-trained: $PRETRAINED"
 
@@ -82,7 +86,7 @@ stamp "pre-trained: $PRETRAINED"
 finetune() {
   $T5KIT train "$HERE/$1" --out "$WORK/$2" $(resume "$WORK/$2") \
     --set model.checkpoint="$3" --set data.tokenizer="$WORK/tokenizer" \
-    --set data.tasks_file="$WORK/tasks.yaml" --set train.threads="$THREADS" >&2
+    --set data.tasks_file="$WORK/tasks.yaml" --set train.threads="$THREADS" --set train.precision="$PRECISION" >&2
   ls -d "$WORK/$2"/step-* | sort -V | tail -1
 }
 PHASE1="$(finetune finetune.yaml finetune "$PRETRAINED")"
