@@ -14,7 +14,14 @@ import torch
 from torch import Tensor
 
 from t5kit.kernels.training import gemm
-from t5kit.kernels.training.common import autocast_input, linear_dtype, projections, training_pass, widen
+from t5kit.kernels.training.common import (
+    Projection,
+    autocast_input,
+    linear_dtype,
+    projections,
+    training_pass,
+    widen,
+)
 from t5kit.kernels.training.dropout import dropout_drop_mask
 from t5kit.model.cache import DecoderCache
 from t5kit.model.layers import Attention, check_dropout_rate, weight_dtype
@@ -197,21 +204,25 @@ class TrainingAttention(Attention):
         """Training with dropout over four projections the Function can read (``common.projections``: plain
         ``nn.Linear`` layers, frozen ones stored compactly, either with a LoRA term) whose weights share one
         dtype, fp32 or bf16 (not fp16, not quantized, sharded or otherwise wrapped layers)."""
+        return self._fused_projections() is not None
+
+    def _fused_projections(self) -> list[Projection] | None:
+        """The four projections when :meth:`fused` holds, else None (read once per call)."""
         if not training_pass(self) or self.dropout.p == 0.0:
-            return False
+            return None
         check_dropout_rate(self.dropout.p)
-        found = projections(self.q, self.k, self.v, self.o)
+        layers = (self.q, self.k, self.v, self.o)
+        found = projections(*layers)
         if found is None:
-            return False
+            return None
         dtypes = {w.weight.dtype if isinstance(w.weight, Tensor) else weight_dtype(layer, torch.float32)
-                  for w, layer in zip(found, (self.q, self.k, self.v, self.o))}
-        return len(dtypes) == 1 and dtypes <= {torch.float32, torch.bfloat16}
+                  for w, layer in zip(found, layers)}
+        return found if len(dtypes) == 1 and dtypes <= {torch.float32, torch.bfloat16} else None
 
     def forward(self, x: Tensor, bias: Tensor, memory: Tensor | None = None, cache: DecoderCache | None = None,
                 layer: int = 0) -> Tensor:
-        if cache is None and self.fused():
-            found = projections(self.q, self.k, self.v, self.o)
-            assert found is not None
+        found = self._fused_projections() if cache is None else None
+        if found is not None:
             return _TrainingAttention.apply(
                 x, memory, bias, *(w.weight for w in found), *(t for w in found for t in (w.lora_A, w.lora_B)),
                 self.num_heads, self.dropout.p, tuple(w.scale for w in found))

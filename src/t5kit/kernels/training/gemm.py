@@ -136,16 +136,10 @@ def _machine_lock() -> Iterator[None]:
     except OSError:
         yield
         return
-    with handle:
-        try:
+    with handle:  # closing the file releases the lock
+        with contextlib.suppress(OSError):  # a file system without locks (some NFS, Lustre, FUSE mounts)
             fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks (some NFS, Lustre, FUSE mounts)
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def describe() -> str:
