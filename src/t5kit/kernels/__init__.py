@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from t5kit.kernels.inference.attention import InferenceAttention
-from t5kit.kernels.inference.decoder import InferenceDecoderLayer
+from t5kit.kernels.inference.decoder import InferenceDecoderLayer, forget_step_plans
 from t5kit.kernels.inference.feedforward import InferenceFeedForward
 from t5kit.kernels.inference.fused import forget_fused
 from t5kit.kernels.inference.linear import BackendLinear, forget_plans
@@ -70,7 +70,8 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel(Attention, InferenceAttention, "inference", ("cpu",), "float32, bfloat16; the fp16 / int8 copies"),
     Kernel(FeedForward, InferenceFeedForward, "inference", ("cpu",), "float32, bfloat16; the fp16 / int8 copies"),
     Kernel(nn.Linear, BackendLinear, "inference", ("cpu",), "float32, bfloat16; the fp16 / int8 inference copies"),
-    # a decoding step's residual adds and norms, one native call each (t5kit.kernels.inference.decoder)
+    # a decoding step's whole layer in one native call, else its residual adds and norms one call each
+    # (t5kit.kernels.inference.decoder)
     Kernel(DecoderLayer, InferenceDecoderLayer, "inference", ("cpu",), "float32 activations"),
 )
 
@@ -117,6 +118,7 @@ def uninstall(model: nn.Module) -> nn.Module:
         if issubclass(cls, BackendLinear):
             forget_plans(module)
         forget_fused(module)
+        forget_step_plans(module)
         if cls in plain_of:
             module.__class__ = plain_of[cls]
         elif cls in _COMBINED.values():

@@ -1,33 +1,195 @@
-"""A decoder layer whose decoding steps add the residuals and take the RMS norms in native calls (replaces
-:meth:`t5kit.model.t5.DecoderLayer.forward` in decoding steps).
+"""A decoder layer whose decoding steps run natively (replaces :meth:`t5kit.model.t5.DecoderLayer.forward` in
+decoding steps): the whole layer in one call of ``decoder_step.c`` where it can, else each residual add and the
+RMS norm after it in one call of ``norm.c``.
 
-In a one-row decoding step the matrix products are the work and everything between them is dispatch: a plain
+In a one-row decoding step the matrix products are the work and everything between them is dispatch. A plain
 decoder layer runs three residual adds and three RMS norms of five operations each, ~20 small PyTorch
-operations of several microseconds each, more right after a large product has left the caches cold (one
-norm of a [1, 512] row: 10 us alone, 69 us after a 512 -> 2048 linear; see ``norm.py``). Here each add and the
-norm after it are one call of ``norm.c`` (``native.add_rms_norm``). Only a step with a cache takes this path,
-with float32 activations (fp32, fp16-weight and int8-weight modes) and at most :data:`SMALL_ROWS` rows: a
-prompt, training, scoring and the encoder keep the plain layer and its rounding. The norm rounds in another
-order than the reference (its sum of squares in double): tests/kernels/test_decoder_step.py bounds it against
-float64.
+operations of several microseconds each, more right after a large product has left the caches cold (one norm
+of a [1, 512] row: 10 us alone, 69 us after a 512 -> 2048 linear; see ``norm.py``); with those in ``norm.c``
+(``native.add_rms_norm``), a t5-small greedy step on a 2-core AMD EPYC (Zen 4) still spent ~2 ms of ~9 in
+Python and PyTorch between its native products (py-spy). The whole-layer step (``native.decoder_layer``)
+calls the same products, attention and norms from C: one ctypes call per layer.
+
+Only a step with a cache takes these paths, with float32 activations (fp32, fp16-weight and int8-weight modes)
+and at most :data:`SMALL_ROWS` rows: a prompt, training, scoring and the encoder keep the plain layer and its
+rounding. The norm rounds in another order than the reference (its sum of squares in double), the products in
+the native kernels' order: tests/kernels/test_decoder_step.py and test_decoder_layer_step.py bound both
+against float64.
+
+The whole-layer step needs every linear layer of the decoder layer served by a native kernel at the step's row
+bucket (:func:`t5kit.kernels.inference.linear.native_kernel`: the one chosen for it, or the gemv kernel where
+that was timed within the chooser's margin of the chosen one), no bias or adapter, a relu or tanh-GELU
+feed-forward, and the step's tensors in the layouts the kernel reads; anything else takes the per-norm path.
 """
 
 from __future__ import annotations
 
+import copy
+import struct
+from dataclasses import dataclass
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.compiler import is_compiling as compiling
 
-from t5kit.kernels.inference import native
+from t5kit.kernels.inference import linear, native
 from t5kit.model.cache import DecoderCache
+from t5kit.model.layers import gelu_tanh
 from t5kit.model.t5 import DecoderLayer
 
 # A decoding step's rows: 1 per sequence (beams included); the gemv kernels' largest bucket is the same 16.
 SMALL_ROWS = 16
+_BUCKET_OF = [linear.bucket(rows) for rows in range(SMALL_ROWS + 1)]
+# decoder_step.c's codes: the kernel of each product and the feed-forward's activation
+KERNEL_CODES = {"avx2-gemv": 0, "avx2-gemv-fp16": 1, "avx2-gemv-int8": 2, "avx2-packed": 3, "avx2-packed-fp16": 4}
+ACTIVATION_CODES = {F.relu: 0, gelu_tanh: 1}
+# the layer's __dict__: {bucket: (the choices' generation, the weights watched, _StepPlan or None)}: a new choice, a
+# weight replaced or changed in place builds anew (uninstall drops them: forget_step_plans)
+PLANS = "_t5kit_layer_step"
+
+
+@dataclass
+class _StepPlan:
+    """What a whole-layer step of one row bucket reads that does not change between steps."""
+
+    template: list[int]  # decoder_step.c's argument array with every static entry filled
+    keep: list[Any]  # the packs the template's addresses point into, alive as long as the plan
+
+
+def _product_args(kernel: str, packed: Any, module: torch.nn.Linear) -> tuple[list[int], list[Any]]:
+    """(kind, weight, scale, n, k) of one product for decoder_step.c, and the tensors they address."""
+    _, prepared = packed  # (library, what the kernel's pack made)
+    n, k = module.out_features, module.in_features
+    if kernel == "avx2-gemv-int8":
+        values, scale = prepared
+        return [KERNEL_CODES[kernel], values.data_ptr(), scale.data_ptr(), n, k], [values, scale]
+    if kernel in ("avx2-packed", "avx2-packed-fp16"):
+        blocks, _ = prepared
+        return [KERNEL_CODES[kernel], blocks.data_ptr(), 0, n, k], [blocks]
+    return [KERNEL_CODES[kernel], prepared.data_ptr(), 0, n, k], [prepared]
+
+
+def forget_step_plans(module: torch.nn.Module) -> None:
+    """Drop a decoder layer's whole-step plans (``t5kit.kernels.uninstall`` calls it)."""
+    module.__dict__.pop(PLANS, None)
 
 
 class InferenceDecoderLayer(DecoderLayer):
-    """:class:`DecoderLayer` whose decoding steps run each residual add and the norm after it in one call."""
+    """:class:`DecoderLayer` whose decoding steps run the whole layer in one native call where it can, else each
+    residual add and the norm after it in one call."""
+
+    def _slots(self) -> list[tuple[torch.nn.Module, str]]:
+        """(parent, name) of the nine products' linear layers, in decoder_step.c's order (wi twice without a gate:
+        the second slot is unused)."""
+        a, c, ffn = self.self_attn, self.cross_attn, self.ffn
+        first = [(ffn, "wi_0"), (ffn, "wi_1")] if ffn.gated else [(ffn, "wi"), (ffn, "wi")]
+        return [(a, "q"), (a, "k"), (a, "v"), (a, "o"), (c, "q"), (c, "o"), *first, (ffn, "wo")]
+
+    def _linears(self) -> list[torch.nn.Module]:
+        return [parent._modules[name] for parent, name in self._slots()]
+
+    def _watched(self) -> list[tuple[dict, str, Any, int | None]]:
+        """What a plan was built from, as (the dict holding it, its name, the object, its version or None): the
+        linear layers themselves (an adapter may replace one), their stored weights and the norms' weights."""
+        found: list[tuple[dict, str, Any, int | None]] = [
+            (norm._parameters, "weight", norm.weight, norm.weight._version)
+            for norm in (self.self_attn_norm, self.cross_attn_norm, self.ffn_norm)]
+        for parent, name in self._slots():
+            module = parent._modules[name]
+            found.append((parent._modules, name, module, None))
+            for holder, attribute in ((module._parameters, "weight"), (module._buffers, "weight_fp16"),
+                                      (module._buffers, "weight_int8")):
+                tensor = holder.get(attribute)
+                if tensor is not None:
+                    found.append((holder, attribute, tensor, tensor._version))
+        return found
+
+    def _build_plan(self, key: int) -> _StepPlan | None:
+        attn, ffn = self.self_attn, self.ffn
+        products, keep = [], []
+        for module in self._linears():
+            found = linear.native_kernel(module, key)  # None for anything but a plain inference linear
+            if found is None or module.bias is not None:
+                return None
+            args, tensors = _product_args(*found, module)
+            products += args
+            keep += tensors
+        activation = ACTIVATION_CODES.get(ffn.act)
+        d_model, d_ff = attn.q.in_features, ffn.wo.in_features
+        shapes = [(attn.num_heads * attn.d_kv, d_model)] * 3 + [(d_model, attn.num_heads * attn.d_kv)]
+        shapes += [(attn.num_heads * attn.d_kv, d_model), (d_model, attn.num_heads * attn.d_kv)]
+        shapes += [(d_ff, d_model)] * 2 + [(d_model, d_ff)]
+        if (activation is None or (self.cross_attn.num_heads, self.cross_attn.d_kv) != (attn.num_heads, attn.d_kv)
+                or [(m.out_features, m.in_features) for m in self._linears()] != shapes):
+            return None
+        norms = (self.self_attn_norm, self.cross_attn_norm, self.ffn_norm)
+        template = [0] * native.DECODER_LAYER_ARGS
+        template[3:7] = [d_model, attn.num_heads, attn.d_kv, d_ff]
+        template[8:10] = [int(ffn.gated), activation]
+        template[10] = struct.unpack("q", struct.pack("d", float(self.ffn_norm.eps)))[0]  # the double's bits
+        template[11:14] = [norm.weight.data_ptr() for norm in norms]
+        template[14:59] = products
+        return _StepPlan(template, keep + [norm.weight for norm in norms])
+
+    def _step_plan(self, rows: int) -> _StepPlan | None:
+        key = _BUCKET_OF[rows]
+        plans = self.__dict__.get(PLANS)
+        held = None if plans is None else plans.get(key)
+        # checked at every step, so kept to dictionary lookups: ~4 us for a t5-small layer (an attribute walk
+        # through nn.Module.__getattr__ and data_ptr() calls took 54 us, 6% of an int8 step)
+        if (held is None or held[0] != linear.choices_generation()
+                or not all(holder.get(name) is held_object and (version is None or held_object._version == version)
+                           for holder, name, held_object, version in held[1])):
+            generation, watched = linear.choices_generation(), self._watched()
+            held = (generation, watched, self._build_plan(key))
+            self.__dict__.setdefault(PLANS, {})[key] = held
+        return held[2]
+
+    def _whole_step(self, x: Tensor, self_bias: Tensor | None, cache: DecoderCache, index: int) -> Tensor | None:
+        """The layer's step in one native call, or None where its conditions do not hold."""
+        rows = x.shape[0]
+        lib = native.library()
+        if lib is None or x.dim() != 3 or x.shape[1] != 1 or len({n.eps for n in (
+                self.self_attn_norm, self.cross_attn_norm, self.ffn_norm)}) != 1:
+            return None
+        keys_k, keys_v = cache.self_k[index], cache.self_v[index]
+        cross_k, cross_v = cache.cross_k[index], cache.cross_v[index]
+        start, beams = cache.length, cache.beams
+        source = cross_k.shape[2]
+        cross_bias = cache.cross_bias
+        if (start + 1 > keys_k.shape[2] or max(start + 1, source) > lib.max_keys
+                or any(t.dtype != torch.float32 or t.stride(-1) != 1 for t in (keys_k, keys_v, cross_k, cross_v))
+                or rows % beams or cross_k.shape[0] * beams != rows or keys_k.shape[0] != rows
+                or keys_k.shape[1] != self.self_attn.num_heads or keys_k.shape[3] != self.self_attn.d_kv):
+            return None
+        biases = []
+        for bias, keys in ((self_bias, start + 1), (cross_bias, source)):
+            if bias is None:
+                biases += [0, 0, 0, 0, 0]
+                continue
+            if bias.dtype != torch.float32 or bias.dim() != 4 or bias.shape[-1] != keys or bias.shape[2] != 1:
+                return None
+            # a dimension of size 1 is broadcast: stride 0
+            biases += [bias.data_ptr(), *(0 if size == 1 else stride for size, stride in zip(bias.shape, bias.stride()))]
+        plan = self._step_plan(rows)
+        if plan is None:
+            return None
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        args = list(plan.template)
+        args[0:3] = [x.data_ptr(), out.data_ptr(), rows]
+        args[7] = torch.get_num_threads()
+        ks, vs = keys_k.stride(), keys_v.stride()
+        args[59:68] = [keys_k.data_ptr(), ks[0], ks[1], ks[2], keys_v.data_ptr(), vs[0], vs[1], vs[2], start]
+        args[68:73] = biases[:5]
+        cks, cvs = cross_k.stride(), cross_v.stride()
+        args[73:83] = [cross_k.data_ptr(), cks[0], cks[1], cks[2], cross_v.data_ptr(), cvs[0], cvs[1], cvs[2], source,
+                       beams]
+        args[83:88] = biases[5:]
+        native.decoder_layer(lib, args)
+        return out
 
     def forward(self, x: Tensor, self_bias: Tensor, memory: Tensor | None, cross_bias: Tensor | None,
                 cache: DecoderCache | None = None, index: int = 0) -> Tensor:
@@ -40,6 +202,9 @@ class InferenceDecoderLayer(DecoderLayer):
         lib = native.library()
         if lib is None:
             return super().forward(x, self_bias, memory, cross_bias, cache, index)
+        whole = self._whole_step(x, self_bias, cache, index)
+        if whole is not None:
+            return whole
         first, cross, ffn = norms
         x = x.contiguous()
         _, normed = native.add_rms_norm(lib, x, None, first.weight, first.eps)
@@ -48,3 +213,14 @@ class InferenceDecoderLayer(DecoderLayer):
         h = self.cross_attn(normed, cross_bias, memory, cache=cache, layer=index)
         x, normed = native.add_rms_norm(lib, x, h.contiguous(), ffn.weight, ffn.eps)
         return x + self.ffn(normed)
+
+    def __getstate__(self) -> dict:  # the plans hold addresses: rebuilt on first use
+        return {k: v for k, v in self.__dict__.items() if k != PLANS}
+
+    def __deepcopy__(self, memo: dict) -> InferenceDecoderLayer:
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for name, value in self.__dict__.items():
+            if name != PLANS:
+                clone.__dict__[name] = copy.deepcopy(value, memo)
+        return clone

@@ -150,4 +150,4 @@ DEFINE_GEMM(t5kit_gemm_f32, F32, float)
 DEFINE_GEMM(t5kit_gemm_f16, F16, uint16_t)
 DEFINE_GEMM(t5kit_gemm_i8, I8, int8_t)
 
-int t5kit_gemv_abi(void) { return 3; }
+int t5kit_gemv_abi(void) { return 4; }

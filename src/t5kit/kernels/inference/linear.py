@@ -319,6 +319,7 @@ def _input_for(storage: str, rows: int, features: int) -> Tensor:
 
 _LOCK = threading.Lock()
 _CHOICES: dict[str, dict[str, Any]] | None = None  # key -> {"kernel": name, "us": {name: microseconds}}
+_GENERATION = 0  # counts reset()s: what is built on the choices (a native decoder step's plan) is rebuilt after one
 
 
 def cache_path() -> Path:
@@ -398,8 +399,9 @@ def forget_machine() -> None:
 
 def reset() -> None:
     """Forget every in-memory choice and plan (the disk cache stays): for tests and after changing the env."""
-    global _CHOICES
+    global _CHOICES, _GENERATION
     _CHOICES = None
+    _GENERATION += 1
     for module in list(_STATEFUL):
         forget_plans(module)
 
@@ -483,6 +485,11 @@ def choose(module: BackendLinear, rows: int) -> str:
     return kernel
 
 
+def choices_generation() -> int:
+    """How many times :func:`reset` has run: a plan built on the choices is stale once this has changed."""
+    return _GENERATION
+
+
 def timed_us(module: BackendLinear, rows: int) -> float | None:
     """Microseconds per call of the kernel chosen for ``module`` at ``rows``' bucket, as it was timed (choosing
     it now if needed); None where nothing was timed (a forced kernel, a plain layer)."""
@@ -493,6 +500,37 @@ def timed_us(module: BackendLinear, rows: int) -> float | None:
     kernel = choose(module, rows)
     entry = _choices().get(_choice_key(storages, (module.out_features, module.in_features), rows))
     return None if entry is None or forced_kernel() is not None else entry.get("us", {}).get(kernel)
+
+
+# t5kit's own kernels (gemv.c, gemm_packed.c), which a native decoder step (decoder_step.c) calls directly
+NATIVE_KERNELS = ("avx2-gemv", "avx2-gemv-fp16", "avx2-gemv-int8", "avx2-packed", "avx2-packed-fp16")
+NATIVE_MARGIN = MARGIN
+_GEMV_OF = {"fp32": "avx2-gemv", "fp16": "avx2-gemv-fp16", "int8": "avx2-gemv-int8"}
+
+
+def native_kernel(module: nn.Module, rows: int) -> tuple[str, Any] | None:
+    """The native kernel that computes ``module`` at ``rows``' bucket inside a native decoder step, with its
+    pack: the kernel chosen for it where that is native; else the gemv kernel of its weight format where that
+    was timed within :data:`MARGIN` of the chosen one (it reads the stored weight, no copy; the step saves the
+    calls' dispatch, see :mod:`t5kit.kernels.inference.decoder`). None where neither holds: a plain or adapter
+    layer, a bias, a forced non-native kernel, a format without native kernels, or a faster kernel elsewhere."""
+    if not isinstance(module, BackendLinear) or not _native_available():
+        return None
+    storages = module.storages()
+    if not storages or storages[0] not in _GEMV_OF:
+        return None
+    rows = bucket(rows)
+    plan = module._plan(rows) if rows in _BUCKET_OF else None
+    if plan is None or plan.run is None:
+        return None
+    if plan.kernel in NATIVE_KERNELS:
+        return plan.kernel, plan.packed
+    gemv = _GEMV_OF[storages[0]]
+    timings = timed_us(module, rows) and _choices().get(
+        _choice_key(storages, (module.out_features, module.in_features), rows), {}).get("us", {})
+    if not timings or gemv not in timings or timings[gemv] > (1 + NATIVE_MARGIN) * timings[plan.kernel]:
+        return None
+    return gemv, _BY_NAME[gemv].pack(module.stored_weight(storages[0]))
 
 
 # ------------------------------------------------------------------------------------------------ the module

@@ -1,7 +1,7 @@
 """t5kit's native kernels: ``gemv.c`` (fp32, fp16-weight and int8-weight products for 1-16 rows),
 ``gemm_packed.c`` (fp32 / fp16 weights packed in 16-column blocks, for 4-256 rows), ``attention.c`` (attention
-for a few queries) and ``norm.c`` (a decoding step's residual add and RMS norm, :mod:`.decoder`), one C library
-built here.
+for a few queries), ``norm.c`` (a decoding step's residual add and RMS norm) and ``decoder_step.c`` (a whole
+decoder layer's decoding step from those kernels, :mod:`.decoder`), one C library built here.
 
 Why (issue #17): at one row a decoding step streams its weights from DRAM, and on a 2-core AMD EPYC (Zen 3,
 AVX2) every kernel PyTorch offers streams t5-small's 49 one-row products at 6-12 GB/s; these read them at
@@ -36,11 +36,12 @@ from torch import Tensor
 from t5kit.kernels.inference.cpu import cpu_flags
 
 CACHE_ENV = "T5KIT_CACHE_DIR"
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "gemm_packed.c", "attention.c", "norm.c"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("gemv.c", "gemm_packed.c", "attention.c", "norm.c", "decoder_step.c"))
 HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources: part of a build's hash
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx2", "fma", "f16c")
-ABI = 3  # t5kit_gemv_abi() of the source this module's signatures match
+ABI = 4  # t5kit_gemv_abi() of the source this module's signatures match
 COMPILE_TIMEOUT_S = 300
 _GEMM_ARGS = struct.Struct("8q").pack
 _ATTENTION_ARGS = struct.Struct("24q").pack
@@ -127,6 +128,9 @@ class _Library:
         lib.t5kit_add_rms_norm.argtypes = [ctypes.c_char_p]
         lib.t5kit_add_rms_norm.restype = None
         self.add_rms_norm = lib.t5kit_add_rms_norm
+        lib.t5kit_decoder_layer.argtypes = [ctypes.c_char_p]
+        lib.t5kit_decoder_layer.restype = ctypes.c_int
+        self.decoder_layer = lib.t5kit_decoder_layer
         self.path = path
 
 
@@ -240,3 +244,16 @@ def add_rms_norm(lib: _Library, x: Tensor, h: Tensor | None, weight: Tensor, eps
     lib.add_rms_norm(_NORM_ARGS(x.data_ptr(), 0 if h is None else h.data_ptr(), weight.data_ptr(),
                                 0 if h is None else s.data_ptr(), y.data_ptr(), rows, n, float(eps)))
     return s, y
+
+
+DECODER_LAYER_ARGS = 88  # decoder_step.c's argument array
+
+
+def decoder_layer(lib: _Library, args: list[int]) -> None:
+    """One decoder layer's decoding step (``decoder_step.c``; :mod:`t5kit.kernels.inference.decoder` fills
+    ``args`` and guarantees every condition the kernel relies on)."""
+    status = lib.decoder_layer(struct.pack(f"{DECODER_LAYER_ARGS}q", *args))
+    if status == -2:
+        raise MemoryError("t5kit's decoder step could not allocate its working memory")
+    if status != 0:
+        raise ValueError(f"t5kit's decoder step refused its keys (more than {lib.max_keys})")
