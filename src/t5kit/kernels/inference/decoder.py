@@ -171,8 +171,8 @@ class InferenceDecoderLayer(DecoderLayer):
                 continue
             if bias.dtype != torch.float32 or bias.dim() != 4 or bias.shape[-1] != keys or bias.shape[2] != 1:
                 return None
-            # a dimension of size 1 is broadcast: stride 0
-            biases += [bias.data_ptr(), *(0 if size == 1 else stride for size, stride in zip(bias.shape, bias.stride()))]
+            strides = (0 if size == 1 else stride for size, stride in zip(bias.shape, bias.stride()))
+            biases += [bias.data_ptr(), *strides]  # a dimension of size 1 is broadcast: stride 0
         plan = self._step_plan(rows)
         if plan is None:
             return None
