@@ -4,6 +4,7 @@ against float64, token for token against the per-norm path and the plain model, 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -195,3 +196,41 @@ def test_a_changed_weight_or_adapter_rebuilds_the_plan(forced, layer_calls):
     assert layer_calls == []
     uninstall(fast)
     assert all(decoder.PLANS not in m.__dict__ for m in fast.modules())
+
+
+@pytest.mark.parametrize("whole_faster", [True, False])
+def test_stand_in_kernels_are_used_only_where_the_whole_step_was_timed_faster(whole_faster, forced, layer_calls,
+                                                                              monkeypatch):
+    """Where a gemv kernel stands in for a kernel chosen elsewhere, the step is timed against the per-norm path
+    once (per machine, layer shape and bucket) and used only if faster; the decision is cached."""
+    forced("avx2-gemv")
+    real = linear.native_kernel
+    monkeypatch.setattr(linear, "native_kernel", lambda module, rows: (*real(module, rows)[:2], True))
+    timed = []
+
+    def fake_timings(self, rows, plan):
+        timed.append(rows)
+        assert self._whole_step(*fake_step(self, rows), 0, plan) is not None  # the plan runs as timed
+        layer_calls.clear()
+        return {"whole": 1.0, "per-norm": 2.0} if whole_faster else {"whole": 2.0, "per-norm": 1.0}
+    monkeypatch.setattr(InferenceDecoderLayer, "_time_steps", fake_timings)
+    ids = torch.randint(3, 512, (2, 7), generator=torch.Generator().manual_seed(5))
+    options = dict(max_new_tokens=5, suppress_tokens=[1])
+    plain = model("relu", num_heads=2, d_kv=8 if whole_faster else 12)  # a layer shape nothing else has decided
+    fast = install(copy.deepcopy(plain), "inference")
+    tokens = generate(fast, ids, torch.ones_like(ids), **options).sequences
+    assert timed == [4]  # one layer shape, one bucket (2 rows): timed once, the second layer reads the cache
+    assert bool(layer_calls) == whole_faster
+    assert torch.equal(tokens, generate(plain, ids, torch.ones_like(ids), **options).sequences)
+    layer_calls.clear()
+    again = install(copy.deepcopy(plain), "inference")  # a new model: plans built anew, the decision cached
+    generate(again, ids, torch.ones_like(ids), **options)
+    assert timed == [4] and bool(layer_calls) == whole_faster
+
+
+def fake_step(layer: InferenceDecoderLayer, rows: int) -> tuple:
+    """A step's x, self bias and cache for ``layer``'s shapes (its layer number: 0)."""
+    attn = layer.self_attn
+    shapes = SimpleNamespace(num_heads=attn.num_heads, d_kv=attn.d_kv, num_decoder_layers=1,
+                             d_model=attn.q.in_features)
+    return step_inputs(shapes, rows, 1, start=3, source=5, joined=False)

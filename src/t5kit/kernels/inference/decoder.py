@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,14 +109,16 @@ class InferenceDecoderLayer(DecoderLayer):
 
     def _build_plan(self, key: int) -> _StepPlan | None:
         attn, ffn = self.self_attn, self.ffn
-        products, keep = [], []
+        products, keep, stand_ins = [], [], []
         for module in self._linears():
             found = linear.native_kernel(module, key)  # None for anything but a plain inference linear
             if found is None or module.bias is not None:
                 return None
-            args, tensors = _product_args(*found, module)
+            kernel, packed, stands_in = found
+            args, tensors = _product_args(kernel, packed, module)
             products += args
             keep += tensors
+            stand_ins.append(stands_in)
         activation = ACTIVATION_CODES.get(ffn.act)
         d_model, d_ff = attn.q.in_features, ffn.wo.in_features
         shapes = [(attn.num_heads * attn.d_kv, d_model)] * 3 + [(d_model, attn.num_heads * attn.d_kv)]
@@ -131,7 +134,52 @@ class InferenceDecoderLayer(DecoderLayer):
         template[10] = struct.unpack("q", struct.pack("d", float(self.ffn_norm.eps)))[0]  # the double's bits
         template[11:14] = [norm.weight.data_ptr() for norm in norms]
         template[14:59] = products
-        return _StepPlan(template, keep + [norm.weight for norm in norms])
+        plan = _StepPlan(template, keep + [norm.weight for norm in norms])
+        return plan if not any(stand_ins) or self._step_pays(key, plan) else None
+
+    def _step_pays(self, rows: int, plan: _StepPlan) -> bool:
+        """Whether ``plan``, whose gemv kernels stand in for faster kernels chosen elsewhere, beats the per-norm
+        path over the modules: timed once per machine and layer shape at ``rows``' bucket, the two taking turns
+        (the kernels' own timings leave out the ~300 us of dispatch a t5-small layer's step saves, and measured
+        cache-hot they favoured fbgemm's int8 feed-forward products, 30 against 48 us, where in a one-row
+        step streaming from DRAM the whole step with gemv was 1.6x faster end to end on a 2-core AMD EPYC)."""
+        attn, ffn = self.self_attn, self.ffn
+        formats = "+".join(sorted({m.storages()[0] for m in self._linears()}))
+        key = (f"decoder step {formats} d_model {attn.q.in_features} heads {attn.num_heads}x{attn.d_kv} d_ff "
+               f"{ffn.wo.in_features} {'gated ' if ffn.gated else ''}{ffn.act.__name__} rows {rows}")
+        entry = linear.cached_choice(key)
+        if entry is None or not isinstance(entry.get("whole"), bool):
+            timings = self._time_steps(rows, plan)
+            entry = {"whole": timings["whole"] < timings["per-norm"], "us": timings}
+            linear.remember_choice(key, entry)
+        return entry["whole"]
+
+    def _time_steps(self, rows: int, plan: _StepPlan, rounds: int = 5, calls: int = 3) -> dict[str, float]:
+        """Best microseconds per step of this layer, whole and per-norm, on a synthetic step: ``rows`` rows, 32
+        cached positions, 64 source positions."""
+        attn, lib = self.self_attn, native.library()
+        g = torch.Generator().manual_seed(0)
+        heads, d_kv, start, source = attn.num_heads, attn.d_kv, 32, 64
+        cache = DecoderCache(self_kv=torch.randn(2, rows, heads, start + 1, d_kv, generator=g),
+                             cross_k=[torch.randn(rows, heads, source, d_kv, generator=g)],
+                             cross_v=[torch.randn(rows, heads, source, d_kv, generator=g)],
+                             cross_bias=torch.zeros(rows, 1, 1, source), length=start,
+                             self_bias_by_distance=[torch.randn(heads, start + 1, generator=g)])
+        bias = cache.self_bias_by_distance[0][None, :, None, :]
+        x = torch.randn(rows, 1, attn.q.in_features, generator=g)
+        paths = {"whole": lambda: self._whole_step(x, bias, cache, 0, plan),
+                 "per-norm": lambda: self._per_norm_step(lib, x, bias, None, None, cache, 0)}
+        best = dict.fromkeys(paths, float("inf"))
+        with torch.no_grad():
+            for path in paths.values():
+                path()
+            for _ in range(rounds):
+                for name, path in paths.items():
+                    began = time.perf_counter()
+                    for _ in range(calls):
+                        path()
+                    best[name] = min(best[name], (time.perf_counter() - began) / calls)
+        return {name: round(t * 1e6, 1) for name, t in best.items()}
 
     def _step_plan(self, rows: int) -> _StepPlan | None:
         key = _BUCKET_OF[rows]
@@ -147,8 +195,10 @@ class InferenceDecoderLayer(DecoderLayer):
             self.__dict__.setdefault(PLANS, {})[key] = held
         return held[2]
 
-    def _whole_step(self, x: Tensor, self_bias: Tensor | None, cache: DecoderCache, index: int) -> Tensor | None:
-        """The layer's step in one native call, or None where its conditions do not hold."""
+    def _whole_step(self, x: Tensor, self_bias: Tensor | None, cache: DecoderCache, index: int,
+                    plan: _StepPlan | None = None) -> Tensor | None:
+        """The layer's step in one native call (by ``plan``, else this bucket's), or None where its conditions do
+        not hold."""
         rows = x.shape[0]
         lib = native.library()
         if lib is None or x.dim() != 3 or x.shape[1] != 1 or len({n.eps for n in (
@@ -173,7 +223,7 @@ class InferenceDecoderLayer(DecoderLayer):
                 return None
             strides = (0 if size == 1 else stride for size, stride in zip(bias.shape, bias.stride()))
             biases += [bias.data_ptr(), *strides]  # a dimension of size 1 is broadcast: stride 0
-        plan = self._step_plan(rows)
+        plan = plan or self._step_plan(rows)
         if plan is None:
             return None
         x = x.contiguous()
@@ -205,7 +255,12 @@ class InferenceDecoderLayer(DecoderLayer):
         whole = self._whole_step(x, self_bias, cache, index)
         if whole is not None:
             return whole
-        first, cross, ffn = norms
+        return self._per_norm_step(lib, x, self_bias, memory, cross_bias, cache, index)
+
+    def _per_norm_step(self, lib: native._Library, x: Tensor, self_bias: Tensor, memory: Tensor | None,
+                       cross_bias: Tensor | None, cache: DecoderCache, index: int) -> Tensor:
+        """The step through the modules, each residual add and the norm after it in one native call."""
+        first, cross, ffn = self.self_attn_norm, self.cross_attn_norm, self.ffn_norm
         x = x.contiguous()
         _, normed = native.add_rms_norm(lib, x, None, first.weight, first.eps)
         h = self.self_attn(normed, self_bias, cache=cache, layer=index)

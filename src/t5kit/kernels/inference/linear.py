@@ -504,16 +504,15 @@ def timed_us(module: BackendLinear, rows: int) -> float | None:
 
 # t5kit's own kernels (gemv.c, gemm_packed.c), which a native decoder step (decoder_step.c) calls directly
 NATIVE_KERNELS = ("avx2-gemv", "avx2-gemv-fp16", "avx2-gemv-int8", "avx2-packed", "avx2-packed-fp16")
-NATIVE_MARGIN = MARGIN
 _GEMV_OF = {"fp32": "avx2-gemv", "fp16": "avx2-gemv-fp16", "int8": "avx2-gemv-int8"}
 
 
-def native_kernel(module: nn.Module, rows: int) -> tuple[str, Any] | None:
+def native_kernel(module: nn.Module, rows: int) -> tuple[str, Any, bool] | None:
     """The native kernel that computes ``module`` at ``rows``' bucket inside a native decoder step, with its
-    pack: the kernel chosen for it where that is native; else the gemv kernel of its weight format where that
-    was timed within :data:`MARGIN` of the chosen one (it reads the stored weight, no copy; the step saves the
-    calls' dispatch, see :mod:`t5kit.kernels.inference.decoder`). None where neither holds: a plain or adapter
-    layer, a bias, a forced non-native kernel, a format without native kernels, or a faster kernel elsewhere."""
+    pack and whether it stands in for another: the kernel chosen for it where that is native (False); else the
+    gemv kernel of its weight format (True), which reads the stored weight (no copy), where it was timed at all:
+    whether the step then pays is timed as a whole (:mod:`t5kit.kernels.inference.decoder`). None for a plain or
+    adapter layer, a forced non-native kernel, or a format without native kernels."""
     if not isinstance(module, BackendLinear) or not _native_available():
         return None
     storages = module.storages()
@@ -524,13 +523,13 @@ def native_kernel(module: nn.Module, rows: int) -> tuple[str, Any] | None:
     if plan is None or plan.run is None:
         return None
     if plan.kernel in NATIVE_KERNELS:
-        return plan.kernel, plan.packed
+        return plan.kernel, plan.packed, False
     gemv = _GEMV_OF[storages[0]]
     timings = timed_us(module, rows) and _choices().get(
         _choice_key(storages, (module.out_features, module.in_features), rows), {}).get("us", {})
-    if not timings or gemv not in timings or timings[gemv] > (1 + NATIVE_MARGIN) * timings[plan.kernel]:
+    if not timings or gemv not in timings:
         return None
-    return gemv, _BY_NAME[gemv].pack(module.stored_weight(storages[0]))
+    return gemv, _BY_NAME[gemv].pack(module.stored_weight(storages[0])), True
 
 
 # ------------------------------------------------------------------------------------------------ the module
