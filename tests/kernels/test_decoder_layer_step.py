@@ -148,6 +148,7 @@ def test_decoding_with_the_whole_step_gives_the_plain_models_tokens(feed_forward
     options = dict(max_new_tokens=8, num_beams=beams, suppress_tokens=[1])
     tokens = generate(fast, ids, mask, **options).sequences
     assert len(layer_calls) >= 2 * (tokens.shape[1] - 2)  # every layer of every step after the first
+    assert "decoder layer step (x2): rows 1-16 whole layer native" in linear.summary(fast)  # t5kit info --backend
     assert torch.equal(tokens, generate(plain, ids, mask, **options).sequences)
     layer_calls.clear()
     per_norm = copy.deepcopy(fast)
@@ -163,8 +164,10 @@ def test_the_step_is_not_taken_where_its_conditions_fail(forced, layer_calls):
     mask = torch.ones_like(ids)
     options = dict(max_new_tokens=4, suppress_tokens=[1])
     forced("mkl")  # a forced kernel that the step cannot call
-    generate(install(model("relu"), "inference"), ids, mask, **options)
+    on_mkl = install(model("relu"), "inference")
+    generate(on_mkl, ids, mask, **options)
     assert layer_calls == []
+    assert "decoder layer step (x2): rows 1-16 modules" in linear.summary(on_mkl)
     forced("avx2-gemv")
     generate(install(model("gated-silu"), "inference"), ids, mask, **options)  # an activation it lacks
     assert layer_calls == []

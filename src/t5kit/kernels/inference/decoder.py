@@ -91,6 +91,18 @@ class InferenceDecoderLayer(DecoderLayer):
     def _linears(self) -> list[torch.nn.Module]:
         return [parent._modules[name] for parent, name in self._slots()]
 
+    def step_paths(self) -> str:
+        """Which path a decoding step of each row bucket takes (for ``linear.summary``: ``t5kit info --backend``
+        and the server's start): the whole layer in one native call, or the modules."""
+        spans: list[list] = []
+        for rows in sorted(set(_BUCKET_OF[1:])):
+            path = "whole layer native" if native.library() and self._step_plan(rows) else "modules"
+            if spans and spans[-1][2] == path:
+                spans[-1][1] = rows
+            else:
+                spans.append([rows, rows, path])
+        return ", ".join(f"rows {a}{'' if a == b else f'-{b}'} {path}" for a, b, path in spans)
+
     def _watched(self) -> list[tuple[dict, str, Any, int | None]]:
         """What a plan was built from, as (the dict holding it, its name, the object, its version or None): the
         linear layers themselves (an adapter may replace one), their stored weights and the norms' weights."""

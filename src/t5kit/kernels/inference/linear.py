@@ -738,4 +738,11 @@ def summary(model: nn.Module) -> str:
                 spans.append([c.rows, c.rows, c.kernel])
         text = ", ".join(f"rows {a}{'' if a == b else f'-{b}'} {k}" for a, b, k in spans)
         lines.append(f"  {storage} {out_features}x{in_features} (x{count}): {text}")
+    steps: dict[str, int] = {}  # modules that report a path of their own (a decoder layer's native step)
+    for module in model.modules():
+        describe = getattr(module, "step_paths", None)
+        if callable(describe):
+            text = describe()
+            steps[text] = steps.get(text, 0) + 1
+    lines += [f"  decoder layer step (x{count}): {text}" for text, count in steps.items()]
     return "\n".join(lines)
