@@ -14,7 +14,7 @@ from t5kit.adapters.lora import LoRAConfig, add_lora
 from t5kit.generate import generate
 from t5kit.kernels import install, uninstall
 from t5kit.kernels.inference import decoder, linear, native
-from t5kit.kernels.inference.decoder import InferenceDecoderLayer
+from t5kit.kernels.inference.decoder import InferenceDecoder, InferenceDecoderLayer
 from t5kit.kernels.inference.precision import inference_model
 from t5kit.model.cache import DecoderCache
 
@@ -137,7 +137,8 @@ def _double_cache(cache: DecoderCache) -> DecoderCache:
 
 @pytest.mark.parametrize("feed_forward", ["relu", "gated"])
 @pytest.mark.parametrize("beams", [1, 3])
-def test_decoding_with_the_whole_step_gives_the_plain_models_tokens(feed_forward, beams, forced, layer_calls):
+def test_decoding_with_the_whole_step_gives_the_plain_models_tokens(feed_forward, beams, forced, layer_calls,
+                                                                   monkeypatch):
     forced("avx2-gemv")
     plain = model(feed_forward)
     fast = install(copy.deepcopy(plain), "inference")
@@ -146,17 +147,32 @@ def test_decoding_with_the_whole_step_gives_the_plain_models_tokens(feed_forward
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
     options = dict(max_new_tokens=8, num_beams=beams, suppress_tokens=[1])
+    one_by_one = []  # layers stepped one by one (their own _whole_step) rather than by the decoder's arguments
+    real = InferenceDecoderLayer._whole_step
+    monkeypatch.setattr(InferenceDecoderLayer, "_whole_step", lambda *a: one_by_one.append(1) or real(*a))
     tokens = generate(fast, ids, mask, **options).sequences
-    assert len(layer_calls) >= 2 * (tokens.shape[1] - 2)  # every layer of every step after the first
+    assert len(layer_calls) == 2 * (tokens.shape[1] - 1) and one_by_one == []  # every layer of every step
     assert "decoder layer step (x2): rows 1-16 whole layer native" in linear.summary(fast)  # t5kit info --backend
     assert torch.equal(tokens, generate(plain, ids, mask, **options).sequences)
     layer_calls.clear()
-    per_norm = copy.deepcopy(fast)
-    for module in per_norm.modules():
-        if isinstance(module, InferenceDecoderLayer):
-            module._whole_step = lambda *args: None
+    layers_alone = without_native_steps(copy.deepcopy(fast), layers=False)
+    assert torch.equal(tokens, generate(layers_alone, ids, mask, **options).sequences)
+    assert len(layer_calls) == 2 * (tokens.shape[1] - 1) and len(one_by_one) == len(layer_calls)
+    layer_calls.clear()
+    per_norm = without_native_steps(copy.deepcopy(fast), layers=True)
     assert torch.equal(tokens, generate(per_norm, ids, mask, **options).sequences)
     assert layer_calls == []
+
+
+def without_native_steps(model: T5Model, layers: bool) -> T5Model:
+    """``model`` whose decoder steps its layers one by one (and, with ``layers``, whose layers take the per-norm
+    path)."""
+    for module in model.modules():
+        if isinstance(module, InferenceDecoder):
+            module._stack = lambda *args: None
+        if layers and isinstance(module, InferenceDecoderLayer):
+            module._step_plan = lambda *args: None
+    return model
 
 
 def test_the_step_is_not_taken_where_its_conditions_fail(forced, layer_calls):

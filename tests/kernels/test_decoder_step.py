@@ -68,7 +68,7 @@ def tiny_model() -> T5Model:
 
 def test_decoding_steps_take_the_native_path_and_the_rest_the_plain_layer(monkeypatch):
     # the per-norm path: the whole-layer step (test_decoder_layer_step.py) is taken first where it can be
-    monkeypatch.setattr(InferenceDecoderLayer, "_whole_step", lambda *args: None)
+    monkeypatch.setattr(InferenceDecoderLayer, "_step_plan", lambda *args: None)
     plain = tiny_model()
     fast = install(copy.deepcopy(plain), "inference")
     assert sum(isinstance(m, InferenceDecoderLayer) for m in fast.modules()) == 2

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from t5kit.kernels.inference.attention import InferenceAttention
-from t5kit.kernels.inference.decoder import InferenceDecoderLayer, forget_step_plans
+from t5kit.kernels.inference.decoder import InferenceDecoder, InferenceDecoderLayer, forget_step_plans
 from t5kit.kernels.inference.feedforward import InferenceFeedForward
 from t5kit.kernels.inference.fused import forget_fused
 from t5kit.kernels.inference.linear import BackendLinear, forget_plans
@@ -35,7 +35,7 @@ from t5kit.kernels.training.feedforward import TrainingFeedForward
 from t5kit.kernels.training.head import TrainingT5Model
 from t5kit.kernels.training.linear import TrainingLinear
 from t5kit.kernels.training.norm import TrainingRMSNorm
-from t5kit.model import Attention, DecoderLayer, Dropout, FeedForward, RMSNorm, T5Model
+from t5kit.model import Attention, Decoder, DecoderLayer, Dropout, FeedForward, RMSNorm, T5Model
 
 MODES = ("train", "inference")
 
@@ -73,6 +73,8 @@ KERNELS: tuple[Kernel, ...] = (
     # a decoding step's whole layer in one native call, else its residual adds and norms one call each
     # (t5kit.kernels.inference.decoder)
     Kernel(DecoderLayer, InferenceDecoderLayer, "inference", ("cpu",), "float32 activations"),
+    # a one-position decoding step's layers, their native steps called with arguments built once per cache
+    Kernel(Decoder, InferenceDecoder, "inference", ("cpu",), "float32 activations"),
 )
 
 _COMBINED: dict[tuple[type, ...], type] = {}
