@@ -352,6 +352,8 @@ class InferenceDecoder(Decoder):
             args = layer._step_args(x, x, bias, cache, i, plan)
             if args is None:
                 return None
+            if table is not None:  # [1, heads, 1, keys] of a [heads, length] table: at one key its stride read 0
+                args[69:73] = [0, table.stride(0), 0, 1]
             stack.append((args, 0 if table is None else table.data_ptr(), 0 if table is None else table.shape[1]))
         return stack
 
