@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -121,3 +122,39 @@ def save_random_hf_checkpoint(preset: str, seed: int = 0, directory: str | None 
     transformers.utils.logging.disable_progress_bar()  # its "Writing model shards" bar, amid the figures
     hf.save_pretrained(directory)
     return directory
+
+
+class TurnTaker:
+    """A benchmark's child process kept alive to take turns with another engine's: each request is a line on its
+    stdin, each answer a JSON object on its stdout (other lines, a library's prints, are skipped); its stderr is
+    kept for the message if it stops."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None = None):
+        self.name = name
+        self.errors = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
+                                        text=True, env=env)
+
+    def answer(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.errors.seek(0)
+        raise RuntimeError(f"{self.name} stopped:\n{self.errors.read()[-2000:]}")
+
+    def ask(self, request: str) -> dict:
+        self.process.stdin.write(f"{request}\n")
+        self.process.stdin.flush()
+        return self.answer()
+
+    def close(self, last_answer: bool = False) -> dict | None:
+        """End its input; with ``last_answer`` read the answer it gives at the end (a summary)."""
+        self.process.stdin.close()
+        summary = self.answer() if last_answer else None
+        self.process.wait(timeout=60)
+        self.errors.close()
+        return summary
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()

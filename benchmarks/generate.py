@@ -59,7 +59,15 @@ from t5kit.kernels.inference.cpu import native_bf16
 from t5kit.tokenizer import t5_vocabulary_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_facts, machine_line, peak_rss_mb, save_random_hf_checkpoint, set_threads, time_it  # noqa: E402
+from common import (  # noqa: E402
+    TurnTaker,
+    cpu_facts,
+    machine_line,
+    peak_rss_mb,
+    save_random_hf_checkpoint,
+    set_threads,
+    time_it,
+)
 
 CPU_ENGINES = ["t5kit-fp32", "t5kit-fp16w", "t5kit-int8", "t5kit-bf16", "t5kit-fp32-mkl", "transformers-fp32",
                "ct2-float32", "ct2-int8"]
@@ -286,8 +294,8 @@ def skip_reason(engine: str, device: str) -> str | None:
 
 
 def serve_engine(engine: str, directory: Path, scenarios: list[str], new: int, device: str) -> None:
-    """Child process of ``--paired``: load the engine, warm each scenario up once, say ``ready``; then for each
-    scenario named on stdin run it once and print ``seconds S`` (an empty line ends it)."""
+    """Child process of ``--paired``: load the engine, warm each scenario up once, answer ``{"ready": true}``; then
+    for each scenario named on stdin run it once and answer ``{"seconds": S}``, until its input ends."""
     run, _ = engine_runner(engine, directory, new, device)
     inputs = {}
     for name in scenarios:
@@ -295,47 +303,21 @@ def serve_engine(engine: str, directory: Path, scenarios: list[str], new: int, d
         ids, mask = make_inputs(batch)
         run(ids, mask, beams)
         inputs[name] = (ids, mask, beams)
-    print("ready", flush=True)
+    print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
-        if not line.strip():
-            break
         ids, mask, beams = inputs[line.strip()]
         start = time.perf_counter()
         run(ids, mask, beams)
-        print(f"seconds {time.perf_counter() - start}", flush=True)
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
-class Turns:
-    """One engine's ``--serve`` child, kept alive so that it can take turns with another one."""
-
-    def __init__(self, engine: str, directory: Path, scenarios: list[str], args: argparse.Namespace):
-        cmd = [sys.executable, __file__, "--serve", engine, str(directory), "--threads", str(args.threads),
-               "--new-tokens", str(args.new_tokens), "--device", args.device, "--scenarios", *scenarios]
-        self.errors = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
-                                        text=True, env=child_env(engine, args))
-        self.engine = engine
-        self._expect("ready")
-
-    def _expect(self, word: str) -> str:
-        for line in self.process.stdout:
-            if line.startswith(word):
-                return line
-        self.errors.seek(0)
-        tail = "\n    ".join(self.errors.read().strip().splitlines()[-15:])
-        raise RuntimeError(f"{self.engine} stopped before saying {word!r}:\n    {tail}")
-
-    def seconds(self, scenario: str) -> float:
-        self.process.stdin.write(f"{scenario}\n")
-        self.process.stdin.flush()
-        return float(self._expect("seconds").split()[1])
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.process.stdin.write("\n")
-            self.process.stdin.close()
-        self.process.wait(timeout=60)
-        self.errors.close()
+def turn_taker(engine: str, directory: Path, scenarios: list[str], args: argparse.Namespace) -> TurnTaker:
+    """``engine``'s ``--serve`` child, loaded and warmed up."""
+    child = TurnTaker(engine, [sys.executable, __file__, "--serve", engine, str(directory), "--threads",
+                               str(args.threads), "--new-tokens", str(args.new_tokens), "--device", args.device,
+                               "--scenarios", *scenarios], env=child_env(engine, args))
+    child.answer()  # ready
+    return child
 
 
 # A pause before each turn: an OpenMP pool spins for a while after its last parallel region (libgomp's
@@ -360,7 +342,7 @@ def paired_targets(directory: Path, engines: list[str], turns: int, args: argpar
         scenarios = [s for x, y, s, _ in PAIRED_TARGETS if (x, y) == (a, b) and s in args.scenarios]
         if not scenarios:
             continue
-        mine, theirs = Turns(a, directory, scenarios, args), Turns(b, directory, scenarios, args)
+        mine, theirs = turn_taker(a, directory, scenarios, args), turn_taker(b, directory, scenarios, args)
         try:
             ratios: dict[str, list[float]] = {s: [] for s in scenarios}
             for turn in range(turns):
@@ -369,11 +351,13 @@ def paired_targets(directory: Path, engines: list[str], turns: int, args: argpar
                     timed = {}
                     for side in order:
                         time.sleep(SETTLE_S)  # the other side's pool has gone to sleep: it takes no core now
-                        timed[side.engine] = side.seconds(scenario)
+                        timed[side.name] = side.ask(scenario)["seconds"]
                     ratios[scenario].append(timed[b] / timed[a])
-        finally:
             mine.close()
             theirs.close()
+        finally:
+            mine.kill()
+            theirs.kill()
         for x, y, scenario, target in PAIRED_TARGETS:
             if (x, y) == (a, b) and scenario in ratios:
                 values = ratios[scenario]

@@ -34,16 +34,14 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, peak_rss_mb, save_random_hf_checkpoint, set_threads, time_it  # noqa: E402
+from common import TurnTaker, machine_line, peak_rss_mb, save_random_hf_checkpoint, set_threads, time_it  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")  # fp32, and bf16 under autocast
 
@@ -186,37 +184,20 @@ def main() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-class Engine:
+class Engine(TurnTaker):
     """One engine's process: each request runs one turn of training steps and answers their seconds."""
 
     def __init__(self, args: argparse.Namespace, engine: str, precision: str, directory: Path):
-        cmd = [sys.executable, __file__, "--child", engine, precision, str(directory), "--threads",
-               str(args.threads), "--batch", str(args.batch), "--source", str(args.source), "--target",
-               str(args.target), "--lora-r", str(args.lora_r), "--lora-alpha", str(args.lora_alpha),
-               "--lora-targets", *args.lora_targets]
-        self.name = engine
-        self.errors = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
-                                        text=True)
-
-    def answer(self) -> dict:
-        for line in self.process.stdout:  # libraries may print other lines; the answers are JSON objects
-            if line.startswith("{"):
-                return json.loads(line)
-        self.errors.seek(0)
-        raise RuntimeError(f"{self.name} stopped:\n{self.errors.read()[-2000:]}")
+        super().__init__(engine, [
+            sys.executable, __file__, "--child", engine, precision, str(directory), "--threads", str(args.threads),
+            "--batch", str(args.batch), "--source", str(args.source), "--target", str(args.target), "--lora-r",
+            str(args.lora_r), "--lora-alpha", str(args.lora_alpha), "--lora-targets", *args.lora_targets])
 
     def run(self, steps: int) -> list[float]:
-        self.process.stdin.write(f"run {steps}\n")
-        self.process.stdin.flush()
-        return self.answer()["seconds"]
+        return self.ask(f"run {steps}")["seconds"]
 
     def finish(self) -> dict:
-        self.process.stdin.close()
-        summary = self.answer()
-        self.process.wait()
-        self.errors.close()
-        return summary
+        return self.close(last_answer=True)
 
 
 def interleaved_round(args: argparse.Namespace, engines: list[str], precision: str, directory: Path
@@ -236,8 +217,7 @@ def interleaved_round(args: argparse.Namespace, engines: list[str], precision: s
         return turns, {proc.name: proc.finish() for proc in procs}
     finally:
         for proc in procs:
-            if proc.process.poll() is None:
-                proc.process.kill()
+            proc.kill()
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:

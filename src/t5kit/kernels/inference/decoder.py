@@ -17,14 +17,15 @@ the native kernels' order: tests/kernels/test_decoder_step.py and test_decoder_l
 against float64.
 
 The whole-layer step needs every linear layer of the decoder layer served by a native kernel at the step's row
-bucket (:func:`t5kit.kernels.inference.linear.native_kernel`: the one chosen for it, or the gemv kernel where
-that was timed within the chooser's margin of the chosen one), no bias or adapter, a relu or tanh-GELU
-feed-forward, and the step's tensors in the layouts the kernel reads; anything else takes the per-norm path.
+bucket (:func:`t5kit.kernels.inference.linear.native_kernel`: the one chosen for it, or the gemv kernel of its
+format standing in, and then the whole step must have been timed faster than the per-norm path), no bias or
+adapter, a relu or tanh-GELU feed-forward, and the step's tensors in the layouts the kernel reads; anything
+else takes the per-norm path. :class:`InferenceDecoder` calls the layers' steps with arguments built once per
+cache.
 """
 
 from __future__ import annotations
 
-import copy
 import struct
 import time
 from dataclasses import dataclass
@@ -44,8 +45,7 @@ from t5kit.model.t5 import Decoder, DecoderLayer
 # A decoding step's rows: 1 per sequence (beams included); the gemv kernels' largest bucket is the same 16.
 SMALL_ROWS = 16
 _BUCKET_OF = [linear.bucket(rows) for rows in range(SMALL_ROWS + 1)]
-# decoder_step.c's codes: the kernel of each product and the feed-forward's activation
-KERNEL_CODES = {"avx2-gemv": 0, "avx2-gemv-fp16": 1, "avx2-gemv-int8": 2, "avx2-packed": 3, "avx2-packed-fp16": 4}
+# decoder_step.c's code for the feed-forward's activation (its product kernels': native.PRODUCT_KERNELS)
 ACTIVATION_CODES = {F.relu: 0, gelu_tanh: 1}
 # the layer's __dict__: {bucket: (the choices' generation, the weights watched, _StepPlan or None)}: a new choice, a
 # weight replaced or changed in place builds anew (uninstall drops them: forget_step_plans)
@@ -67,30 +67,17 @@ def _product_args(kernel: str, packed: Any, module: torch.nn.Linear) -> tuple[li
     n, k = module.out_features, module.in_features
     if kernel == "avx2-gemv-int8":
         values, scale = prepared
-        return [KERNEL_CODES[kernel], values.data_ptr(), scale.data_ptr(), n, k], [values, scale]
+        return [native.PRODUCT_KERNELS[kernel], values.data_ptr(), scale.data_ptr(), n, k], [values, scale]
     if kernel in ("avx2-packed", "avx2-packed-fp16"):
         blocks, _ = prepared
-        return [KERNEL_CODES[kernel], blocks.data_ptr(), 0, n, k], [blocks]
-    return [KERNEL_CODES[kernel], prepared.data_ptr(), 0, n, k], [prepared]
+        return [native.PRODUCT_KERNELS[kernel], blocks.data_ptr(), 0, n, k], [blocks]
+    return [native.PRODUCT_KERNELS[kernel], prepared.data_ptr(), 0, n, k], [prepared]
 
 
 def forget_step_plans(module: torch.nn.Module) -> None:
     """Drop a decoder layer's whole-step plans, a decoder's step arguments (``t5kit.kernels.uninstall``)."""
     module.__dict__.pop(PLANS, None)
     module.__dict__.pop(STACK, None)
-
-
-def _without(state: dict, key: str) -> dict:
-    return {k: v for k, v in state.items() if k != key}
-
-
-def _copy_without(module: torch.nn.Module, key: str, memo: dict) -> torch.nn.Module:
-    clone = module.__class__.__new__(module.__class__)
-    memo[id(module)] = clone
-    for name, value in module.__dict__.items():
-        if name != key:
-            clone.__dict__[name] = copy.deepcopy(value, memo)
-    return clone
 
 
 class InferenceDecoderLayer(DecoderLayer):
@@ -110,14 +97,9 @@ class InferenceDecoderLayer(DecoderLayer):
     def step_paths(self) -> str:
         """Which path a decoding step of each row bucket takes (for ``linear.summary``: ``t5kit info --backend``
         and the server's start): the whole layer in one native call, or the modules."""
-        spans: list[list] = []
-        for rows in sorted(set(_BUCKET_OF[1:])):
-            path = "whole layer native" if native.library() and self._step_plan(rows) else "modules"
-            if spans and spans[-1][2] == path:
-                spans[-1][1] = rows
-            else:
-                spans.append([rows, rows, path])
-        return ", ".join(f"rows {a}{'' if a == b else f'-{b}'} {path}" for a, b, path in spans)
+        return linear.bucket_spans(
+            (rows, "whole layer native" if native.library() and self._step_plan(rows) else "modules")
+            for rows in sorted(set(_BUCKET_OF[1:])))
 
     def _watched(self) -> list[tuple[dict, str, Any, int | None]]:
         """What a plan was built from, as (the dict holding it, its name, the object, its version or None): the
@@ -264,8 +246,10 @@ class InferenceDecoderLayer(DecoderLayer):
                 continue
             if bias.dtype != torch.float32 or bias.dim() != 4 or bias.shape[-1] != keys or bias.shape[2] != 1:
                 return None
-            strides = (0 if size == 1 else stride for size, stride in zip(bias.shape, bias.stride()))
-            biases += [bias.data_ptr(), *strides]  # a dimension of size 1 is broadcast: stride 0
+            # a batch, head or query dimension of size 1 is broadcast (stride 0); the key dimension keeps its stride,
+            # so arguments built at one key serve every later step (InferenceDecoder)
+            strides = [0 if size == 1 else stride for size, stride in zip(bias.shape[:3], bias.stride()[:3])]
+            biases += [bias.data_ptr(), *strides, bias.stride(3)]
         plan = plan or self._step_plan(rows)
         if plan is None:
             return None
@@ -310,10 +294,10 @@ class InferenceDecoderLayer(DecoderLayer):
         return x + self.ffn(normed)
 
     def __getstate__(self) -> dict:  # the plans hold addresses: rebuilt on first use
-        return _without(self.__dict__, PLANS)
+        return {k: v for k, v in self.__dict__.items() if k != PLANS}
 
     def __deepcopy__(self, memo: dict) -> InferenceDecoderLayer:
-        return _copy_without(self, PLANS, memo)
+        return linear.copy_without(self, (PLANS,), memo)
 
 
 class InferenceDecoder(Decoder):
@@ -352,8 +336,6 @@ class InferenceDecoder(Decoder):
             args = layer._step_args(x, x, bias, cache, i, plan)
             if args is None:
                 return None
-            if table is not None:  # [1, heads, 1, keys] of a [heads, length] table: at one key its stride read 0
-                args[69:73] = [0, table.stride(0), 0, 1]
             stack.append((args, 0 if table is None else table.data_ptr(), 0 if table is None else table.shape[1]))
         return stack
 
@@ -384,7 +366,7 @@ class InferenceDecoder(Decoder):
         return self.dropout(self.final_norm(x))
 
     def __getstate__(self) -> dict:  # the arguments hold addresses: rebuilt on first use
-        return _without(self.__dict__, STACK)
+        return {k: v for k, v in self.__dict__.items() if k != STACK}
 
     def __deepcopy__(self, memo: dict) -> InferenceDecoder:
-        return _copy_without(self, STACK, memo)
+        return linear.copy_without(self, (STACK,), memo)

@@ -502,32 +502,30 @@ def timed_us(module: BackendLinear, rows: int) -> float | None:
     return None if entry is None or forced_kernel() is not None else entry.get("us", {}).get(kernel)
 
 
-# t5kit's own kernels (gemv.c, gemm_packed.c), which a native decoder step (decoder_step.c) calls directly
-NATIVE_KERNELS = ("avx2-gemv", "avx2-gemv-fp16", "avx2-gemv-int8", "avx2-packed", "avx2-packed-fp16")
 _GEMV_OF = {"fp32": "avx2-gemv", "fp16": "avx2-gemv-fp16", "int8": "avx2-gemv-int8"}
 
 
 def native_kernel(module: nn.Module, rows: int) -> tuple[str, Any, bool] | None:
     """The native kernel that computes ``module`` at ``rows``' bucket inside a native decoder step, with its
-    pack and whether it stands in for another: the kernel chosen for it where that is native (False); else the
-    gemv kernel of its weight format (True), which reads the stored weight (no copy), where it was timed at all:
-    whether the step then pays is timed as a whole (:mod:`t5kit.kernels.inference.decoder`). None for a plain or
-    adapter layer, a forced non-native kernel, or a format without native kernels."""
+    pack and whether it stands in for another: the kernel chosen for it where that is one the step calls
+    (``native.PRODUCT_KERNELS``; False); else the gemv kernel of its weight format (True), which reads the stored
+    weight (no copy), where it was timed at all: whether the step then pays is timed as a whole
+    (:mod:`t5kit.kernels.inference.decoder`). None for a plain or adapter layer, a forced kernel the step does
+    not call, or a format without native kernels."""
     if not isinstance(module, BackendLinear) or not _native_available():
         return None
     storages = module.storages()
     if not storages or storages[0] not in _GEMV_OF:
         return None
     rows = bucket(rows)
-    plan = module._plan(rows) if rows in _BUCKET_OF else None
-    if plan is None or plan.run is None:
+    plan = module._plan(rows)
+    if plan.run is None:
         return None
-    if plan.kernel in NATIVE_KERNELS:
+    if plan.kernel in native.PRODUCT_KERNELS:
         return plan.kernel, plan.packed, False
     gemv = _GEMV_OF[storages[0]]
-    timings = timed_us(module, rows) and _choices().get(
-        _choice_key(storages, (module.out_features, module.in_features), rows), {}).get("us", {})
-    if not timings or gemv not in timings:
+    entry = _choices().get(_choice_key(storages, (module.out_features, module.in_features), rows), {})
+    if forced_kernel() is not None or gemv not in entry.get("us", {}):
         return None
     return gemv, _BY_NAME[gemv].pack(module.stored_weight(storages[0])), True
 
@@ -619,12 +617,19 @@ class BackendLinear(nn.Linear):
         return {k: v for k, v in self.__dict__.items() if k not in _STATE_KEYS}
 
     def __deepcopy__(self, memo: dict) -> BackendLinear:
-        clone = self.__class__.__new__(self.__class__)
-        memo[id(self)] = clone
-        for name, value in self.__dict__.items():
-            if name not in _STATE_KEYS:  # packed weights are rebuilt on the copy's first call
-                clone.__dict__[name] = copy.deepcopy(value, memo)
-        return clone
+        return copy_without(self, _STATE_KEYS, memo)  # packed weights are rebuilt on the copy's first call
+
+
+def copy_without(module: nn.Module, keys: Iterable[str], memo: dict) -> nn.Module:
+    """A deep copy of ``module`` without the ``keys`` of its ``__dict__`` (what a kernel builds from the
+    weights, addresses included: rebuilt on the copy's first use)."""
+    keys = set(keys)
+    clone = module.__class__.__new__(module.__class__)
+    memo[id(module)] = clone
+    for name, value in module.__dict__.items():
+        if name not in keys:
+            clone.__dict__[name] = copy.deepcopy(value, memo)
+    return clone
 
 
 def forget_plans(module: nn.Module) -> None:
@@ -718,6 +723,17 @@ def report(model: nn.Module, rows: Iterable[int] = BUCKETS) -> list[LinearChoice
     return choices
 
 
+def bucket_spans(items: Iterable[tuple[int, str]]) -> str:
+    """``rows 1 a, rows 4-16 b``: (row bucket, what serves it) in bucket order, consecutive buckets merged."""
+    spans: list[list] = []  # [first rows, last rows, what]
+    for rows, what in items:
+        if spans and spans[-1][2] == what:
+            spans[-1][1] = rows
+        else:
+            spans.append([rows, rows, what])
+    return ", ".join(f"rows {a}{'' if a == b else f'-{b}'} {what}" for a, b, what in spans)
+
+
 def summary(model: nn.Module) -> str:
     """A few lines for logs, like CTranslate2's: the CPU, then each weight shape's kernel per row bucket."""
     forced = forced_kernel()
@@ -730,14 +746,8 @@ def summary(model: nn.Module) -> str:
     for choice in report(model):
         by_shape.setdefault((choice.storage, choice.shape, choice.modules), []).append(choice)
     for (storage, (out_features, in_features), count), items in by_shape.items():
-        spans: list[list] = []  # [first rows, last rows, kernel]: consecutive buckets with one kernel merged
-        for c in items:
-            if spans and spans[-1][2] == c.kernel:
-                spans[-1][1] = c.rows
-            else:
-                spans.append([c.rows, c.rows, c.kernel])
-        text = ", ".join(f"rows {a}{'' if a == b else f'-{b}'} {k}" for a, b, k in spans)
-        lines.append(f"  {storage} {out_features}x{in_features} (x{count}): {text}")
+        lines.append(f"  {storage} {out_features}x{in_features} (x{count}): "
+                     f"{bucket_spans([(c.rows, c.kernel) for c in items])}")
     steps: dict[str, int] = {}  # modules that report a path of their own (a decoder layer's native step)
     for module in model.modules():
         describe = getattr(module, "step_paths", None)

@@ -247,12 +247,16 @@ def add_rms_norm(lib: _Library, x: Tensor, h: Tensor | None, weight: Tensor, eps
 
 
 DECODER_LAYER_ARGS = 88  # decoder_step.c's argument array
+_DECODER_LAYER_ARGS = struct.Struct(f"{DECODER_LAYER_ARGS}q").pack
+# decoder_step.c's code for each product kernel it calls (gemv.c, gemm_packed.c): the linear kernels that a
+# native decoder step can run
+PRODUCT_KERNELS = {"avx2-gemv": 0, "avx2-gemv-fp16": 1, "avx2-gemv-int8": 2, "avx2-packed": 3, "avx2-packed-fp16": 4}
 
 
 def decoder_layer(lib: _Library, args: list[int]) -> None:
     """One decoder layer's decoding step (``decoder_step.c``; :mod:`t5kit.kernels.inference.decoder` fills
     ``args`` and guarantees every condition the kernel relies on)."""
-    status = lib.decoder_layer(struct.pack(f"{DECODER_LAYER_ARGS}q", *args))
+    status = lib.decoder_layer(_DECODER_LAYER_ARGS(*args))
     if status == -2:
         raise MemoryError("t5kit's decoder step could not allocate its working memory")
     if status != 0:
